@@ -1,0 +1,37 @@
+# Two commands a newcomer needs:  `make demo` (the main job)  and  `make test`.
+# Both create .venv and install everything on first use. TORCH_SPEC pins the CPU build of torch
+# that lies on this project's machines; elsewhere use e.g. `make demo TORCH_SPEC='torch>=2.3'`.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= demo_out
+SAMPLE := rcmed/samples/Dataset001_AbdomenPhantom
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" numpy
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: install
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/rcmed info $(SAMPLE)/imagesTr/phantom_000_0000.nii.gz --modality ct
+	$(VENV)/bin/rcmed data convert $(SAMPLE) --format nnunet --out $(DEMO_OUT)/store
+	$(VENV)/bin/rcmed data split $(DEMO_OUT)/store --train 0.34 --val 0.33 --test 0.33
+	$(VENV)/bin/rcmed data stats $(DEMO_OUT)/store
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check rcmed tests bench scripts
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)

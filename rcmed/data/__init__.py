@@ -1,0 +1,1 @@
+"""Training data: the triplet store, converters from the field's dataset layouts, and splits."""
