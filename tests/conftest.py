@@ -39,7 +39,7 @@ def write_ct_slice(path: Path, pixels: np.ndarray, z: float, series_uid: str, st
     ds.PatientSex = "F"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid])  # one frame of reference per study
     ds.StudyDate, ds.StudyTime, ds.StudyID = "20200101", "120000", "S1"
     ds.Modality = modality
     ds.Manufacturer = "TestCo"

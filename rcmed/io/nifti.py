@@ -39,7 +39,7 @@ def read_nifti(path: Path, modality: Modality, limits: ReadLimits) -> MedicalIma
     except RCMedInputError:
         raise
     except (ImageFileError, OSError, EOFError, ValueError, Exception) as exc:  # nibabel raises many kinds
-        raise CorruptFileError(path.name, f"cannot read as NIfTI ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+        raise CorruptFileError(path.name, f"cannot read as NIfTI ({exc.__class__.__name__}); the file is damaged or not NIfTI") from None
     check_finite(path, data)
     if data.ndim == 2:
         data = data[:, :, None]

@@ -43,7 +43,7 @@ def read_pil(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImage
     except RCMedInputError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptFileError(path.name, f"cannot decode as {path.suffix.lstrip('.').upper()} ({exc.__class__.__name__}: {exc})") from None
+        raise CorruptFileError(path.name, f"cannot decode as {path.suffix.lstrip('.').upper()} ({exc.__class__.__name__}); the file is damaged or not that format") from None
     rgb = arr.ndim == 3
     if rgb and arr.shape[-1] == 4 and np.all(arr[..., 3] == 255):
         arr = arr[..., :3]
@@ -111,7 +111,7 @@ def read_tiff(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImag
     except RCMedInputError:
         raise
     except (ValueError, OSError, KeyError, IndexError) as exc:
-        raise CorruptFileError(path.name, f"cannot decode as TIFF ({exc.__class__.__name__}: {exc})") from None
+        raise CorruptFileError(path.name, f"cannot decode as TIFF ({exc.__class__.__name__}); the file is damaged or not a TIFF") from None
     check_finite(path, arr)
     return MedicalImage(
         array=np.ascontiguousarray(arr),

@@ -148,21 +148,24 @@ def write_dicom_seg(
                 name="RCMed", version=__version__, family=codes.DCM.ArtificialIntelligence),
         ))
     pixels = np.stack(stack, axis=-1).astype(np.uint8)  # (frames, rows, cols, segments)
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=9001,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="RCMed",
-        manufacturer_model_name="RCMed",
-        software_versions=__version__,
-        device_serial_number="0",
-        omit_empty_frames=False,
-    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=9001,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="RCMed",
+            manufacturer_model_name="RCMed",
+            software_versions=__version__,
+            device_serial_number="0",
+            omit_empty_frames=False,
+        )
+    except ValueError as exc:  # highdicom's consistency checks (series, frame of reference, sizes)
+        raise RCMedInputError(name, f"cannot build a DICOM-SEG from this source ({exc})") from None
     with atomic_path(path, suffix=".dcm") as tmp:
         seg.save_as(tmp)
     return Path(path)
