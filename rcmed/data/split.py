@@ -76,7 +76,12 @@ def split_by_case(
     free = sorted(c for c in case_records if c not in existing)
     order = np.random.default_rng(seed).permutation(len(free))
     names = [s for s in SPLITS if fractions.get(s, 0) > 0]
-    counts = _allocate([fractions[s] for s in names], len(free))
+    # Fractions are of all cases: cases the source already placed count towards their split.
+    targets = _allocate([fractions[s] for s in names], len(case_records))
+    placed = Counter(existing[c] for c in case_records if c in existing)
+    counts = [max(0, t - placed[s]) for s, t in zip(names, targets)]
+    while sum(counts) > len(free):
+        counts[counts.index(max(counts))] -= 1
     cases = dict(existing)
     pos = 0
     for name, count in zip(names, counts):
