@@ -74,6 +74,6 @@ def ct_series(tmp_path: Path) -> tuple[Path, np.ndarray]:
     zs = [10.0, 12.5, 15.0, 17.5, 20.0]
     stored = rng.integers(0, 2000, size=(5, 12, 10)).astype(np.uint16)
     names = ["c.dcm", "a.dcm", "e.dcm", "b.dcm", "d.dcm"]  # file order != position order
-    for k, (z, name) in enumerate(zip(zs, names)):
+    for k, (z, name) in enumerate(zip(zs, names, strict=True)):
         write_ct_slice(folder / name, stored[k], z, series, study, instance=5 - k)
     return folder, stored.astype(np.int32) - 1024

@@ -79,12 +79,12 @@ def split_by_case(
     # Fractions are of all cases: cases the source already placed count towards their split.
     targets = _allocate([fractions[s] for s in names], len(case_records))
     placed = Counter(existing[c] for c in case_records if c in existing)
-    counts = [max(0, t - placed[s]) for s, t in zip(names, targets)]
+    counts = [max(0, t - placed[s]) for s, t in zip(names, targets, strict=True)]
     while sum(counts) > len(free):
         counts[counts.index(max(counts))] -= 1
     cases = dict(existing)
     pos = 0
-    for name, count in zip(names, counts):
+    for name, count in zip(names, counts, strict=True):
         for idx in order[pos: pos + count]:
             cases[free[int(idx)]] = name
         pos += count

@@ -17,10 +17,9 @@ import numpy as np
 
 from rcmed.data.convert.common import case_samples
 from rcmed.data.store import Sample
-from rcmed.errors import CorruptFileError, EmptyInputError, ShapeMismatchError
+from rcmed.errors import CorruptFileError, EmptyInputError, RCMedInputError, ShapeMismatchError
 from rcmed.io.image import Modality, parse_modality
 from rcmed.io.readers import load
-from rcmed.errors import RCMedInputError
 
 
 def _labels(spec: dict[str, object]) -> dict[str, list[int]]:
@@ -84,11 +83,7 @@ def nnunet_samples(
                 if not np.all(np.mod(lab, 1) == 0):
                     raise CorruptFileError(lab_path.name, "label map holds non-integer values")
                 lab = lab.astype(np.int32)
-            # Regions may overlap, so each target becomes its own 0/k label inside one map per target.
-            names: dict[int, str] = {}
-            merged = np.zeros(lab.shape, np.int32)
-            simple = all(len(v) == 1 for v in targets.values())
-            if simple:
+            if all(len(v) == 1 for v in targets.values()):
                 merged = lab.astype(np.int32)
                 names = {v[0]: k for k, v in targets.items()}
                 unknown = set(np.unique(merged).tolist()) - set(names) - {0}
@@ -97,7 +92,7 @@ def nnunet_samples(
                 yield from ((s, split) for s in case_samples(
                     image, merged, names, case_id=case, source=source, body_region=body_region,
                     keep_empty=keep_empty, seed=seed))
-            else:
+            else:  # region targets may overlap, so they cannot share one label map
                 yield from ((s, split) for s in _region_samples(image, lab, targets, case, source, body_region, keep_empty, seed))
             found += 1
     if not found:
@@ -107,9 +102,7 @@ def nnunet_samples(
 def _region_samples(image, lab, targets, case, source, body_region, keep_empty, seed) -> Iterator[Sample]:
     """Overlapping region targets: convert each target's union mask separately and merge per slice."""
     per_target = {name: np.isin(lab, vals) for name, vals in targets.items()}
-    union = np.zeros(lab.shape, np.int32)
-    for name, m in per_target.items():
-        union[m] = 1
+    union = np.any(np.stack(list(per_target.values())), axis=0).astype(np.int32)
     # Slice selection follows the union; masks per target are rebuilt on each kept slice.
     samples = list(case_samples(image, union, {1: "__union__"}, case_id=case, source=source,
                                 body_region=body_region, keep_empty=keep_empty, seed=seed))
