@@ -85,6 +85,45 @@ def data_convert(
     typer.echo(f"wrote {n} records to {out}")
 
 
+@data_app.command("describe")
+@_friendly
+def data_describe(
+    image: Path = typer.Argument(..., help="Image file (2-D, or a volume with --slice)."),
+    mask: list[Path] = typer.Option([], "--mask", help="Binary mask file, one per target (repeat)."),
+    name: list[str] = typer.Option([], "--name", help="Target name for each --mask, or the object class for --instances."),
+    instances: Optional[Path] = typer.Option(None, help="Instance label map (0 background, 1..N objects) instead of masks."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for overlay.png and description.json."),
+    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Modality when the file does not say it."),
+    spacing: Optional[tuple[float, float]] = typer.Option(None, help="Pixel spacing in mm (row col); default: from the file."),
+    slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of a volume to describe."),
+    mode: str = typer.Option("fill", help="Overlay style: fill or outline."),
+    seed: int = typer.Option(0, help="Seed for the choice of sentence templates."),
+) -> None:
+    """Paint masks in named colours and describe each region in words (colour-region description)."""
+    from rcmed.data.describe_files import describe_files
+
+    result = describe_files(image, mask, name, out, instances=instances, modality=modality, spacing=spacing,
+                            slice_index=slice_index, mode=mode, seed=seed)
+    typer.echo(result.text)
+    typer.echo(f"wrote {out / 'overlay.png'} and {out / 'description.json'}")
+
+
+@data_app.command("build")
+@_friendly
+def data_build(
+    store: Path = typer.Argument(..., help="Triplet store to describe and expand."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output store of training shards (resumes if interrupted)."),
+    workers: int = typer.Option(1, help="Parallel worker processes (one shard each at a time)."),
+    seed: int = typer.Option(0, help="Seed for template variety."),
+) -> None:
+    """Describe every record and expand it into instruction examples (parallel, resumable)."""
+    from rcmed.data.build import build_store
+
+    report = build_store(store, out, workers=workers, seed=seed, progress=sys.stderr.isatty())
+    typer.echo(f"{report.records} records, {report.examples} examples; {report.shards_built} shards built, "
+               f"{report.shards_skipped} already done")
+
+
 @data_app.command("split")
 @_friendly
 def data_split(

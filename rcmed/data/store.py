@@ -60,6 +60,8 @@ class Record:
     spacing: list[float] | None = None
     orientation: str | None = None
     slice_index: int | None = None
+    regions: list[dict[str, object]] = field(default_factory=list)
+    examples: list[dict[str, object]] = field(default_factory=list)
     split: str = UNASSIGNED
     shard: str | None = None
     offset: int | None = None
@@ -192,24 +194,10 @@ class StoreWriter:
         self._splits[case_id] = split
 
     def _flush(self) -> None:
-        import webdataset as wds
-
         if not self._pending:
             return
         rel = f"shards/shard-{self._n_shards:06d}.tar"
-        final = self._tmp / rel
-        with atomic_path(final, suffix=".tar") as tmp:
-            with open(tmp, "wb") as fh:
-                sink = wds.TarWriter(fh, encoder=False, mtime=0.0)
-                for rec, data in self._pending:
-                    rec.shard = rel
-                    sink.write({"__key__": rec.id, "json": json.dumps(rec.to_json()).encode(), "npz": data})
-                sink.close()
-        # Record where each sample's arrays sit so one record can be read without a scan.
-        with tarfile.open(final, "r:") as tf:
-            where = {m.name: (m.offset_data, m.size) for m in tf.getmembers()}
-        for rec, _ in self._pending:
-            rec.offset, rec.size = where[f"{rec.id}.npz"]
+        for rec in write_shard(self._tmp / rel, rel, self._pending):
             self._manifest.write(json.dumps(rec.to_json()) + "\n")
         self._manifest.flush()
         self._n_records += len(self._pending)
@@ -238,7 +226,57 @@ class StoreWriter:
         self._tmp.replace(self.out)
 
 
-def _check_store(store: Path) -> None:
+def write_shard(path: Path, rel: str, items: list[tuple[Record, bytes]]) -> list[Record]:
+    """Write (record, npz bytes) pairs as one WebDataset tar, atomically; fill each record's
+    `shard`, `offset` and `size` (where its arrays sit) and return the records."""
+    import webdataset as wds
+
+    with atomic_path(path, suffix=".tar") as tmp:
+        with open(tmp, "wb") as fh:
+            sink = wds.TarWriter(fh, encoder=False, mtime=0.0)
+            for rec, data in items:
+                rec.shard = rel
+                sink.write({"__key__": rec.id, "json": json.dumps(rec.to_json()).encode(), "npz": data})
+            sink.close()
+    # Record where each sample's arrays sit so one record can be read without a scan.
+    with tarfile.open(path, "r:") as tf:
+        where = {m.name: (m.offset_data, m.size) for m in tf.getmembers()}
+    for rec, _ in items:
+        rec.offset, rec.size = where[f"{rec.id}.npz"]
+    return [rec for rec, _ in items]
+
+
+def iter_shard(path: Path, rel: str) -> Iterator[tuple[Record, bytes]]:
+    """Stream (record, npz bytes) pairs of one shard in file order."""
+    try:
+        with tarfile.open(path, "r:") as tf:
+            pending: dict[str, dict[str, bytes]] = {}
+            for m in tf:
+                key, _, ext = m.name.partition(".")
+                pending.setdefault(key, {})[ext] = tf.extractfile(m).read()  # type: ignore[union-attr]
+                parts = pending[key]
+                if "json" in parts and "npz" in parts:
+                    del pending[key]
+                    rec = Record.from_json(json.loads(parts["json"]))
+                    rec.shard = rel
+                    yield rec, parts["npz"]
+    except tarfile.TarError as exc:
+        raise StoreError(rel, f"damaged shard ({exc})") from None
+
+
+def encode_sample(sample: Sample) -> bytes:
+    """The `.npz` bytes stored for a sample."""
+    sample.validate()
+    return _encode_arrays(sample)
+
+
+def decode_sample(record: Record, data: bytes) -> Sample:
+    """Inverse of `encode_sample`."""
+    return _decode_arrays(record, data)
+
+
+def check_store(store: Path) -> None:
+    """Raise `StoreError` unless `store` is a triplet store this version reads."""
     info = store / "store.json"
     if not info.is_file():
         raise StoreError(store.name, "not a triplet store (no store.json); create one with `rcmed data convert`")
@@ -267,7 +305,7 @@ def write_splits(store: str | Path, cases: dict[str, str], info: dict[str, objec
 def iter_records(store: str | Path, split: str | None = None) -> Iterator[Record]:
     """Stream the manifest, one `Record` at a time, optionally only one split."""
     root = Path(store)
-    _check_store(root)
+    check_store(root)
     splits = read_splits(root)
     with open(root / "manifest.jsonl", encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
@@ -327,7 +365,7 @@ class ShardStream:
         world_size: int = 1,
     ) -> None:
         self.root = Path(store)
-        _check_store(self.root)
+        check_store(self.root)
         self.split, self.seed, self.epoch, self.buffer = split, seed, epoch, max(1, buffer)
         self.start, self.rank, self.world_size = start, rank, world_size
         self.splits = read_splits(self.root)
