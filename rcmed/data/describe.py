@@ -127,16 +127,16 @@ def _moments(rr: np.ndarray, cc: np.ndarray) -> tuple[float, float, float, float
     return ecc, deg, 4 * math.sqrt(l1 + 1 / 12), 4 * math.sqrt(l2 + 1 / 12)
 
 
-def _hull(crop: np.ndarray, area: int) -> tuple[float, float]:
-    """(convex hull area, hull perimeter) of a cropped mask, from its boundary pixel corners."""
+def _hull(crop: np.ndarray, area: int) -> float:
+    """Convex hull area of a cropped mask, from its boundary pixel corners (qhull)."""
     edge = crop & ~ndi.binary_erosion(crop, border_value=0)
     r, c = np.nonzero(edge)
     pts = np.concatenate([np.stack([r + dr, c + dc], axis=1) for dr in (-0.5, 0.5) for dc in (-0.5, 0.5)])
     try:
         hull = ConvexHull(pts)
     except (QhullError, ValueError):
-        return float(area), 4.0 * math.sqrt(area)
-    return float(hull.volume), float(hull.area)  # in 2-D qhull's volume is the area, area the perimeter
+        return float(area)
+    return float(hull.volume)  # in 2-D qhull's "volume" is the area
 
 
 def _grid(centroid: tuple[float, float], shape: tuple[int, int]) -> str:
@@ -166,17 +166,37 @@ def _patient_position(centroid: tuple[float, float], shape: tuple[int, int], ori
 
 def _classify(n_comp: int, largest_share: float, axis_ratio: float, solidity: float, circularity: float,
               roughness: float) -> tuple[str, str]:
-    """(shape class, boundary) from measured shape numbers."""
-    boundary = "smooth" if roughness < 1.12 else "irregular"
+    """(shape class, boundary) from measured shape numbers.
+
+    `roughness` is the perimeter over the perimeter of the morphologically smoothed region: pixel-
+    scale jaggedness raises it, large smooth lobes do not. Concavity is read from `solidity`.
+    """
+    boundary = "smooth" if roughness < 1.1 else "irregular"
     if n_comp > 1 and largest_share < 0.8:
         return "fragmented", boundary
     if axis_ratio < 0.4:
         return "elongated", boundary
-    if solidity >= 0.9:
-        if axis_ratio >= 0.8 and circularity >= 0.8:
-            return "round", boundary
-        return "oval", boundary
-    return ("lobulated" if roughness < 1.25 else "irregular"), boundary
+    if boundary == "irregular":
+        return "irregular", boundary
+    if solidity < 0.93:
+        return "lobulated", boundary
+    if axis_ratio >= 0.8 and circularity >= 0.8:
+        return "round", boundary
+    return "oval", boundary
+
+
+def _roughness(crop: np.ndarray, perim: float) -> float:
+    """Perimeter / perimeter after an opening and closing with a 3x3 cross (spikes and notches of
+    a pixel or two removed). Near 1 for smooth outlines, larger for jagged ones."""
+    padded = np.pad(crop, 2)
+    smooth = ndi.binary_closing(ndi.binary_opening(padded, _CROSS), _CROSS)
+    if not smooth.any():
+        return 1.0
+    sp = float(sk_perimeter(smooth))
+    return perim / sp if sp > 0 else 1.0
+
+
+_CROSS = ndi.generate_binary_structure(2, 1)
 
 
 def _intensity(gray: np.ndarray, crop_mask: np.ndarray, box: tuple[int, int, int, int], ring: int = 3) -> float | None:
@@ -208,14 +228,12 @@ def _measure(mask: np.ndarray, gray: np.ndarray | None, name: str, colour: str,
     labels, n_comp = ndi.label(crop)
     largest = float(np.bincount(labels.ravel())[1:].max()) / area if n_comp > 1 else 1.0
     perim = float(sk_perimeter(np.pad(crop, 1))) if area > 1 else 4.0
-    hull_area, hull_perim = _hull(crop, area)
+    hull_area = _hull(crop, area)
     solidity = min(1.0, area / hull_area) if hull_area > 0 else 1.0
     circularity = min(1.0, 4 * math.pi * area / perim**2) if perim > 0 else 1.0
-    roughness = perim / hull_perim if hull_perim > 0 else 1.0
+    roughness = _roughness(crop, perim) if area >= 20 else 1.0
     axis_ratio = minor / major if major > 0 else 1.0
     shape, boundary = _classify(n_comp, largest, axis_ratio, solidity, circularity, roughness)
-    if area < 20:  # a handful of pixels has no meaningful contour
-        boundary = "smooth"
     contrast = _intensity(gray, crop, box) if gray is not None else None
     return RegionFacts(
         name=name, colour=colour, present=True, area_px=area,
