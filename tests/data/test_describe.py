@@ -194,3 +194,14 @@ def test_bad_input():
     with pytest.raises(InvalidMaskError, match="must be integer"):
         describe_instances(np.zeros((4, 4), np.float32), "cells")
     assert not describe_instances(np.zeros((8, 8), np.int32), "cells").regions[0].present
+
+
+def test_perimeter_matches_skimage():
+    from skimage.measure import perimeter
+
+    from rcmed.data.describe import _perimeter
+
+    rng = np.random.default_rng(7)
+    for m in (disc(60, 60, 25), ellipse(128, 128, 70, 20, 33), disc(128, 128, 40) & (rng.random((H, W)) > 0.2)):
+        ours, _ = _perimeter(np.pad(m, 2))
+        assert ours == pytest.approx(perimeter(m, neighborhood=4), rel=1e-9)
