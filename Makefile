@@ -26,6 +26,9 @@ demo: install
 	$(VENV)/bin/rcmed data convert $(SAMPLE) --format nnunet --out $(DEMO_OUT)/store
 	$(VENV)/bin/rcmed data split $(DEMO_OUT)/store --train 0.34 --val 0.33 --test 0.33
 	$(VENV)/bin/rcmed data stats $(DEMO_OUT)/store
+	$(VENV)/bin/rcmed data describe $(SAMPLE)/imagesTr/phantom_000_0000.nii.gz --labels $(SAMPLE)/labelsTr/phantom_000.nii.gz \
+		--name liver --name "liver lesion" --slice 8 --modality ct --out $(DEMO_OUT)/describe
+	$(VENV)/bin/rcmed data build $(DEMO_OUT)/store --out $(DEMO_OUT)/train --workers 2
 
 test: install
 	$(PY) -m pytest

@@ -92,6 +92,7 @@ def data_describe(
     mask: list[Path] = typer.Option([], "--mask", help="Binary mask file, one per target (repeat)."),
     name: list[str] = typer.Option([], "--name", help="Target name for each --mask, or the object class for --instances."),
     instances: Optional[Path] = typer.Option(None, help="Instance label map (0 background, 1..N objects) instead of masks."),
+    labels: Optional[Path] = typer.Option(None, help="Semantic label map instead of masks: value k is the k-th --name."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for overlay.png and description.json."),
     modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Modality when the file does not say it."),
     spacing: Optional[tuple[float, float]] = typer.Option(None, help="Pixel spacing in mm (row col); default: from the file."),
@@ -102,7 +103,7 @@ def data_describe(
     """Paint masks in named colours and describe each region in words (colour-region description)."""
     from rcmed.data.describe_files import describe_files
 
-    result = describe_files(image, mask, name, out, instances=instances, modality=modality, spacing=spacing,
+    result = describe_files(image, mask, name, out, instances=instances, labels=labels, modality=modality, spacing=spacing,
                             slice_index=slice_index, mode=mode, seed=seed)
     typer.echo(result.text)
     typer.echo(f"wrote {out / 'overlay.png'} and {out / 'description.json'}")

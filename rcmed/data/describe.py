@@ -330,7 +330,7 @@ _T_ID = (
 )
 _T_POS = (
     "It lies in the {grid} of the image{patient}.",
-    "It is located in the {grid} part of the image{patient}.",
+    "It is located in the {grid} of the image{patient}.",
     "Position: {grid} of the image{patient}.",
 )
 _T_SIZE = (

@@ -47,19 +47,33 @@ def describe_files(
     out: Path,
     *,
     instances: Path | None = None,
+    labels: Path | None = None,
     modality: str | None = None,
     spacing: tuple[float, float] | None = None,
     slice_index: int | None = None,
     mode: str = "fill",
     seed: int = 0,
 ) -> Description:
-    """Describe masks (or an instance map) over an image file; write the overlay and JSON."""
+    """Describe masks (or an instance map, or a semantic label map whose value k is `names[k-1]`)
+    over an image file; write the overlay and JSON."""
     from PIL import Image
 
     img = _plane(load(image_path, modality=modality), slice_index, image_path.name)
     shape = img.spatial_shape
     x = normalize(img)
     sp = spacing or (img.spacing if img.spacing else None)
+    if labels is not None:
+        if masks or instances is not None:
+            raise RCMedInputError("--labels", "give one of --mask, --labels or --instances")
+        if not names:
+            raise RCMedInputError("--name", "--labels needs one --name per label value 1, 2, ...")
+        lab = _mask_2d(labels, slice_index, shape)
+        if lab.dtype.kind not in "ui":
+            raise InvalidMaskError(labels.name, f"label map must be integer, got {lab.dtype}")
+        unknown = sorted(set(np.unique(lab).tolist()) - set(range(len(names) + 1)))
+        if unknown:
+            raise InvalidMaskError(labels.name, f"label values {unknown[:5]} have no --name (got {len(names)} names)")
+        masks_from_labels = [lab == k for k in range(1, len(names) + 1)]
     if instances is not None:
         if masks:
             raise RCMedInputError("--instances", "give either --mask files or --instances, not both")
@@ -72,15 +86,18 @@ def describe_files(
                                   spacing=sp, seed=seed)  # type: ignore[arg-type]
         overlay = paint(x, [labels > 0], mode="outline") if mode == "outline" else _paint_instances(x, labels)
     else:
-        if not masks:
-            raise RCMedInputError("--mask", "give at least one --mask (or --instances)")
-        if len(names) != len(masks):
-            raise RCMedInputError("--name", f"{len(masks)} --mask but {len(names)} --name; give one name per mask")
-        arrays = [_mask_2d(p, slice_index, shape) for p in masks]
-        for p, a in zip(masks, arrays, strict=True):
-            if not np.all(np.isin(np.unique(a), (0, 1, 255))):
-                raise InvalidMaskError(p.name, "mask is not binary (expected 0/1 or 0/255)")
-        bool_masks = [a > 0 for a in arrays]
+        if labels is not None:
+            bool_masks = masks_from_labels
+        else:
+            if not masks:
+                raise RCMedInputError("--mask", "give at least one --mask (or --labels / --instances)")
+            if len(names) != len(masks):
+                raise RCMedInputError("--name", f"{len(masks)} --mask but {len(names)} --name; give one name per mask")
+            arrays = [_mask_2d(p, slice_index, shape) for p in masks]
+            for p, a in zip(masks, arrays, strict=True):
+                if not np.all(np.isin(np.unique(a), (0, 1, 255))):
+                    raise InvalidMaskError(p.name, "mask is not binary (expected 0/1 or 0/255)")
+            bool_masks = [a > 0 for a in arrays]
         desc = describe(x, bool_masks, names, modality=img.modality.value, spacing=sp,  # type: ignore[arg-type]
                         orientation=img.orientation if img.orientation and len(img.orientation) == 2 else None, seed=seed)
         overlay = paint(x, bool_masks, mode=mode)  # type: ignore[arg-type]

@@ -104,3 +104,18 @@ def test_cli_describe_instances_and_volume_slice(tmp_path):
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["data", "describe", str(img), "--mask", str(lab3), "--name", "x", "--out", str(tmp_path / "w")])
     assert res.exit_code == 2 and "pass --slice K" in res.output
+
+
+def test_cli_describe_semantic_label_map(tmp_path):
+    img = SAMPLE / "imagesTr" / "phantom_000_0000.nii.gz"
+    lab = SAMPLE / "labelsTr" / "phantom_000.nii.gz"
+    res = CliRunner().invoke(app, ["data", "describe", str(img), "--labels", str(lab), "--name", "liver", "--name",
+                                   "liver lesion", "--slice", "8", "-m", "ct", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "o" / "description.json").read_text())
+    liver, lesion = d["regions"]
+    assert liver["measurements"]["intensity"] == "hyperdense" and lesion["measurements"]["intensity"] == "hypodense"
+    assert lesion["area_mm2"] == pytest.approx(lesion["area_px"] * 0.64)
+    res = CliRunner().invoke(app, ["data", "describe", str(img), "--labels", str(lab), "--name", "liver",
+                                   "--slice", "8", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "label values [2] have no --name" in res.output
