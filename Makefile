@@ -29,6 +29,8 @@ demo: install
 	$(VENV)/bin/rcmed data describe $(SAMPLE)/imagesTr/phantom_000_0000.nii.gz --labels $(SAMPLE)/labelsTr/phantom_000.nii.gz \
 		--name liver --name "liver lesion" --slice 8 --modality ct --out $(DEMO_OUT)/describe
 	$(VENV)/bin/rcmed data build $(DEMO_OUT)/store --out $(DEMO_OUT)/train --workers 2
+	$(VENV)/bin/rcmed data synth --modality all --n 20 --out $(DEMO_OUT)/phantoms
+	$(VENV)/bin/rcmed data stats $(DEMO_OUT)/phantoms
 
 test: install
 	$(PY) -m pytest
