@@ -1,0 +1,54 @@
+"""LiteMedSAM assembled from RCMed's own modules: encoder, prompt encoder, mask decoder.
+
+This is the box-prompted medical SAM the default model starts from, and the oracle baseline
+("LiteMedSAM given the true box") that evaluation compares against. It only wires parts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rcmed.model.decoder import DecoderOutput, MaskDecoder
+from rcmed.model.prompt import PromptEncoder
+from rcmed.model.vision import TinyViT, TinyViTConfig, VisionFeatures
+
+# Parameters RCMed adds to SAM's decoder; everything else maps one to one onto the checkpoint.
+RCMED_DECODER_KEYS = ("fine_skip.", "presence_head.", "box_head.")
+
+
+class LiteMedSAM(nn.Module):
+    def __init__(self, vision: TinyViTConfig | None = None) -> None:
+        super().__init__()
+        cfg = vision or TinyViTConfig()
+        self.image_encoder = TinyViT(cfg)
+        emb = cfg.img_size // 4
+        self.prompt_encoder = PromptEncoder(cfg.neck_dim, (emb, emb), (cfg.img_size, cfg.img_size))
+        self.mask_decoder = MaskDecoder(cfg.neck_dim, fine_dim=cfg.embed_dims[1],
+                                        mlp_dim=2048 if cfg.neck_dim == 256 else cfg.neck_dim * 2,
+                                        num_heads=8 if cfg.neck_dim == 256 else 4)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None) -> "LiteMedSAM":
+        """Build and load the LiteMedSAM checkpoint (fetched and verified on first use)."""
+        from rcmed.model.pretrained import load_litemedsam
+
+        model = cls()
+        state = load_litemedsam(Path(path) if path else None)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(tuple("mask_decoder." + p for p in RCMED_DECODER_KEYS))]
+        if missing or unexpected:
+            raise RuntimeError(f"LiteMedSAM checkpoint does not map onto the modules: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model.eval()
+
+    def encode(self, image: torch.Tensor) -> VisionFeatures:
+        """image (B, 3, 256, 256) in [0, 1] -> features (encode once, prompt many times)."""
+        return self.image_encoder(image)
+
+    def segment_boxes(self, features: VisionFeatures, boxes: torch.Tensor) -> DecoderOutput:
+        """boxes (N, 4) pixel x0, y0, x1, y1 in the 256 input, one per target of image 0 (or of
+        image i when B == N) -> masks (N, 1, 256, 256) logits."""
+        sparse, dense = self.prompt_encoder(None, boxes[:, None, :], None)
+        return self.mask_decoder(features.embedding, self.prompt_encoder.get_dense_pe(), sparse, dense)
