@@ -3,8 +3,9 @@ mask each `<seg>` in the answer points to, and boxes).
 
 Tasks: `describe_all`, `describe_colour` (alignment, stage 1), `segment_name`, `segment_multi`,
 `segment_description`, `locate`, `count`, `presence` and `absent` (grounding, stage 2). An absent
-target gets an explicit "not present" answer with no `<seg>`. Each `<seg>` in an answer follows
-the name of its target; `Example.seg_targets[i]` is the region index of the i-th `<seg>`.
+target gets an explicit "not present" answer whose `<seg>` points to no mask (`ABSENT`, -1): the
+model learns to answer it through its presence head. Each `<seg>` in an answer follows the name of
+its target; `Example.seg_targets[i]` is the region index of the i-th `<seg>`, or -1.
 Boxes in text are [x0, y0, x1, y1] on a 0-1000 scale of the image width/height (resolution-free);
 `Example.boxes` keeps them in pixels. Deterministic for a seed.
 """
@@ -18,6 +19,7 @@ from rcmed.data.describe import Description, RegionFacts, hash_seed, region_text
 
 SEG = "<seg>"
 BOX = "<box>"
+ABSENT = -1  # seg_targets entry of a target that is not in the image
 
 _MODALITY_WORDS = {
     "ct": "CT", "mri": "MRI", "xray": "X-ray", "ultrasound": "ultrasound", "pet": "PET",
@@ -133,8 +135,10 @@ def build_examples(
         ex.append(Example("segment_multi", rng.choice(_P_MULTI).format(names=joined),
                           f"Here are {answer}.", [k for k, _ in present]))
     for name in negatives:
+        # The absent target still gets its <seg>: the model's presence head answers "absent" for
+        # it (index -1: supervise presence = 0, no mask), so absence is learned, not implied.
         ex.append(Example("absent", rng.choice(_P_SEGMENT).format(name=name, mod=mod),
-                          f"The {name} is not present in this image."))
+                          f"The {name} {SEG} is not present in this image.", [ABSENT]))
         ex.append(Example("presence", rng.choice(_P_PRESENCE).format(name=name),
-                          f"No, there is no {name} in this image."))
+                          f"No, the {name} {SEG} is not in this image.", [ABSENT]))
     return ex

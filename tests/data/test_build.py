@@ -30,7 +30,7 @@ def test_build_describes_and_expands_every_record(store, tmp_path):
         s = read_sample(tmp_path / "b", r)
         assert s.masks.shape[0] == len(r.targets)
         for ex in r.examples:
-            assert all(0 <= k < len(r.targets) for k in ex["seg_targets"])
+            assert all(k == -1 or 0 <= k < len(r.regions) for k in ex["seg_targets"])
     assert report.examples == sum(len(r.examples) for r in recs)
 
 

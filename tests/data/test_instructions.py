@@ -38,7 +38,7 @@ def test_absent_targets_get_not_present_and_no_mask():
     for name in ("tumour", "spleen"):
         neg = [e for e in ex if name in e.prompt]
         assert {e.task for e in neg} == {"absent", "presence"}
-        assert all(not e.seg_targets and SEG not in e.answer for e in neg)
+        assert all(e.seg_targets == [-1] and e.answer.count(SEG) == 1 for e in neg)  # presence 0, no mask
         assert any("not present" in e.answer for e in neg) and any(e.answer.startswith("No,") for e in neg)
 
 
