@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" numpy
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(VENV)/bin/rcmed weights
 	touch $@
 
 demo: install

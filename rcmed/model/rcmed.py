@@ -147,11 +147,14 @@ class RCMedModel(nn.Module):
         return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, output_hidden_states=True)
 
     def decode(self, feats: VisionFeatures, queries: torch.Tensor, image_index: torch.Tensor,
-               prev_logits: torch.Tensor | None = None) -> DecoderOutput:
+               prev_logits: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> DecoderOutput:
         """Decode K targets in one pass. queries (K, C); prev_logits (K, S, S) from the previous
-        round become the dense (mask) prompt."""
+        round become the dense (mask) prompt; boxes (K, 4) optional pixel x0, y0, x1, y1 in the
+        model input, added as SAM box tokens next to each target's text query."""
         k = queries.shape[0]
         sparse = queries[:, None, :]
+        if boxes is not None:
+            sparse = torch.cat([sparse, self.prompt_encoder._embed_boxes(boxes.to(queries.dtype))], dim=1)
         if prev_logits is not None:
             _, dense = self.prompt_encoder(None, None, prev_logits[:, None])
         else:
@@ -163,16 +166,17 @@ class RCMedModel(nn.Module):
         return torch.nonzero(input_ids == self.processor.region_id, as_tuple=True)
 
     def _rounds(self, feats: VisionFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                visual: torch.Tensor, first_hidden: torch.Tensor, rounds: int) -> list[DecoderOutput]:
+                visual: torch.Tensor, first_hidden: torch.Tensor, rounds: int,
+                boxes: torch.Tensor | None = None) -> list[DecoderOutput]:
         """Decoder outputs of every loop round, given round 1's last hidden states."""
         b_idx, pos = self._slots(input_ids)
-        outs = [self.decode(feats, self.seg_query(first_hidden[b_idx, pos]), b_idx)]
+        outs = [self.decode(feats, self.seg_query(first_hidden[b_idx, pos]), b_idx, boxes=boxes)]
         for _ in range(1, rounds):
             prev = outs[-1].masks[:, 0]
             regions = self.region_pooler(torch.sigmoid(prev)[:, None], feats.levels, b_idx)
             out = self.run_lm(self.embed(input_ids, visual, regions), attention_mask)
             h = out.hidden_states[-1]
-            outs.append(self.decode(feats, self.seg_query(h[b_idx, pos]), b_idx, prev_logits=prev))
+            outs.append(self.decode(feats, self.seg_query(h[b_idx, pos]), b_idx, prev_logits=prev, boxes=boxes))
         return outs
 
     # ------------------------------------------------------------------ training
@@ -203,9 +207,10 @@ class RCMedModel(nn.Module):
     @torch.inference_mode()
     def generate(self, pixel_values: torch.Tensor, prompt: str, max_new_tokens: int | None = None,
                  do_sample: bool = False, temperature: float = 1.0, feats: VisionFeatures | None = None,
-                 rounds: int | None = None, seed: int = 0) -> Generation:
+                 rounds: int | None = None, seed: int = 0, boxes: torch.Tensor | None = None) -> Generation:
         """Answer `prompt` about one image (1, 3, S, S). Greedy by default; KV cache; each `<seg>`
-        the LM emits is followed by a forced `<region>` slot; all targets are decoded together."""
+        the LM emits is followed by a forced `<region>` slot; all targets are decoded together.
+        `boxes` (1, 4) for every target or (K, 4) one per target: pixel boxes in the model input."""
         self.eval()
         feats = feats if feats is not None else self.encode(pixel_values)
         visual = self.visual_tokens(feats)
@@ -246,7 +251,14 @@ class RCMedModel(nn.Module):
         first = torch.zeros(1, full.shape[1], slot_hidden[0].shape[-1])
         _, pos = self._slots(full)
         first[0, pos] = torch.stack(slot_hidden)
-        outs = self._rounds(feats, full, None, visual, first, rounds or self.config.loop_rounds)
+        k = len(slot_hidden)
+        if boxes is not None:
+            boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+            if boxes.shape[0] == 1:
+                boxes = boxes.expand(k, 4)
+            elif boxes.shape[0] != k:
+                raise ValueError(f"{boxes.shape[0]} boxes for {k} targets; give one box or one per target")
+        outs = self._rounds(feats, full, None, visual, first, rounds or self.config.loop_rounds, boxes=boxes)
         final = outs[-1]
         names = _target_names(text)
         for k in range(final.masks.shape[0]):

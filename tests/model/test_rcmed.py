@@ -105,3 +105,31 @@ def test_target_names_are_read_from_the_answer():
 
     assert _target_names("Here are the liver <seg> and the left kidney <seg>.") == ["liver", "left kidney"]
     assert _target_names("There are 12 nuclei <seg>.") == ["nuclei"]
+
+
+def test_box_prompt_joins_the_text_query():
+    m = _model(loop_rounds=1).eval()
+    with torch.no_grad():
+        feats = m.encode(torch.rand(1, 3, 64, 64))
+        q = torch.randn(2, m.config.vision.neck_dim)
+        idx = torch.zeros(2, dtype=torch.long)
+        plain = m.decode(feats, q, idx).masks
+        boxed = m.decode(feats, q, idx, boxes=torch.tensor([[5.0, 5.0, 30.0, 30.0], [20.0, 20.0, 60.0, 60.0]])).masks
+    assert boxed.shape == plain.shape and not torch.allclose(plain, boxed)
+
+
+def test_any_local_hugging_face_causal_lm_plugs_in(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rcmed.model.language import byte_tokenizer
+
+    tok = byte_tokenizer()
+    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512))
+    lm.save_pretrained(tmp_path / "qwen")
+    tok.save_pretrained(tmp_path / "qwen")
+    m = _model(lm=str(tmp_path / "qwen"))
+    assert m.lm.config.model_type == "qwen2" and m.tokenizer.convert_tokens_to_ids("<seg>") >= 256
+    batch = build_batch(m.processor, _examples(1), 64)
+    out = m(batch)
+    assert torch.isfinite(out["loss"])
