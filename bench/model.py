@@ -74,7 +74,6 @@ def main() -> None:
     print(f"LiteMedSAM encoder: reference {t_ref * 1000:.0f} ms, RCMed {t_ours * 1000:.0f} ms, "
           f"speed-up {t_ref / t_ours:.2f}x, max |diff| {diff:.2e}")
     print(f"LiteMedSAM full box-prompted forward (reference code): {t_ref_full * 1000:.0f} ms")
-    del ref, ours
 
     model = RCMedModel(RCMedConfig.default()).eval()
     print(f"\nRCMed default config ({model.config.loop_rounds} loop rounds), one answer, teacher-forced text:")
