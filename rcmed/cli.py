@@ -178,6 +178,25 @@ def data_stats(
 
 @app.command()
 @_friendly
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", help="TrainConfig JSON (see configs/train/)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder to continue from its last checkpoint."),
+) -> None:
+    """Train or fine-tune RCMed (one process here; use torchrun/accelerate launch -m rcmed.train.run for many)."""
+    from rcmed.train.config import TrainConfig
+    from rcmed.train.trainer import Trainer
+
+    if (config is None) == (resume is None):
+        raise typer.BadParameter("give exactly one of --config FILE or --resume RUN")
+    if resume is not None:
+        out = Trainer(TrainConfig.load(resume / "train.json"), resume=True).train()
+    else:
+        out = Trainer(TrainConfig.load(config)).train()
+    typer.echo(f"trained model: {out}")
+
+
+@app.command()
+@_friendly
 def weights(
     language: bool = typer.Option(False, "--language", help="Also fetch and convert SmolLM2-135M-Instruct (98 MB)."),
 ) -> None:

@@ -269,8 +269,8 @@ class RCMedModel(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What fine-tuning changed: parameters that require grad (the special-token rows of a
-        frozen embedding are saved as the whole matrix only when the LM is not frozen)."""
+        """What fine-tuning changed: parameters that require grad (of a frozen embedding only the
+        special-token rows), plus the encoder's BatchNorm statistics when the encoder trains."""
         state = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
@@ -280,6 +280,12 @@ class RCMedModel(nn.Module):
                 state["special_token_rows"] = p.detach()[ids].clone()
                 continue
             state[name] = p.detach().clone()
+        if not self.config.freeze_vision:
+            # BatchNorm statistics change while the encoder trains; without them a resumed or
+            # reloaded model would not be the trained one.
+            for name, buf in self.image_encoder.named_buffers():
+                if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                    state[f"image_encoder.{name}"] = buf.detach().clone()
         return state
 
     def save_pretrained(self, folder: str | Path) -> None:

@@ -1,0 +1,1 @@
+"""Training: configuration, example streams from triplet shards, checkpoints and the trainer."""

@@ -1,0 +1,52 @@
+"""Training configuration: one dataclass, saved as JSON in the run folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    """`stage`: "align" (describe coloured regions of overlays: vision -> language) or "ground"
+    (prompts -> answers with `<seg>` targets, masks, boxes, presence, loop rounds). `data`: built
+    triplet stores (`rcmed data build`). `init_from`: a checkpoint folder to start from (stage 2
+    starts from stage 1). `model`: a preset name ("tiny", "default") or a model config JSON path.
+    `model_overrides`: fields of `RCMedConfig` to change (e.g. {"loop_rounds": 1}). Steps count
+    optimizer updates; each takes `grad_accum` micro-batches of `batch_size` per process."""
+
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/tiny"
+    model: str = "tiny"
+    model_overrides: dict[str, object] = field(default_factory=dict)
+    stage: Literal["align", "ground"] = "ground"
+    init_from: str | None = None
+    split: str | None = "train"
+    steps: int = 100
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    clip_grad: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    shuffle_buffer: int = 64
+    deterministic: bool = True  # torch deterministic kernels: a resumed run ends bit-identical
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        d = json.loads(Path(path).read_text())
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{Path(path).name}: unknown training options {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,69 @@
+"""Examples for training, streamed from built triplet stores (records carrying `examples`).
+
+Stage "align" shows the model the painted overlay and asks for the colour-region description;
+stage "ground" shows the plain image and asks for targets, with one mask per `<seg>` (None for an
+absent target). The stream position (samples consumed on this rank) is part of the checkpoint, so
+a resumed run continues with exactly the next sample.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+
+from rcmed.data.store import Sample, ShardStream
+from rcmed.io.image import MedicalImage, parse_modality
+from rcmed.io.normalize import normalize
+from rcmed.model.processing import SEG, Example
+from rcmed.overlay import paint
+
+ALIGN_TASKS = {"describe_all", "describe_colour"}
+
+
+def sample_examples(sample: Sample, stage: str, rng: random.Random) -> list[Example]:
+    """Training examples of one record for a stage (one drawn example per record and pass)."""
+    rec = sample.record
+    tasks = [e for e in rec.examples if (e["task"] in ALIGN_TASKS) == (stage == "align")]
+    if not tasks:
+        return []
+    ex = rng.choice(tasks)
+    img = MedicalImage(array=sample.image, modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3)
+    x = normalize(img)
+    # region k of the description: masks first (targets), then the instance class, then absent names
+    region_masks: list[np.ndarray | None] = list(sample.masks)
+    if sample.instances is not None and rec.instance_target:
+        region_masks.append(sample.instances > 0)
+    if stage == "align":
+        painted = paint(x, [m for m in region_masks if m is not None]) / 255.0
+        return [Example(painted.astype(np.float32), ex["prompt"], ex["answer"], [])]
+    masks: list[np.ndarray | None] = []
+    for k in ex["seg_targets"]:
+        masks.append(region_masks[k] if 0 <= k < len(region_masks) else None)
+    if ex["answer"].count(SEG) != len(masks):
+        return []
+    return [Example(x, ex["prompt"], ex["answer"], masks)]
+
+
+def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
+                   split: str | None = "train", buffer: int = 64) -> Iterator[tuple[int, str, Example]]:
+    """Endless (position, record id, example) stream over the stores, epoch after epoch, deterministic for a
+    seed; `start` skips that many samples of this rank (resume)."""
+    position = 0
+    epoch = 0
+    while True:
+        yielded = False
+        for store in stores:
+            stream = ShardStream(store, split=split, seed=seed, epoch=epoch, buffer=buffer, rank=rank, world_size=world_size)
+            for sample in stream:
+                position += 1
+                yielded = True
+                if position <= start:
+                    continue
+                rng = random.Random(seed * 1_000_003 + position)
+                for ex in sample_examples(sample, stage, rng):
+                    yield position, sample.record.id, ex
+        if not yielded:
+            raise ValueError(f"no training samples in {stores} (split {split!r}, rank {rank}/{world_size})")
+        epoch += 1

@@ -1,0 +1,242 @@
+"""The trainer: Hugging Face Accelerate drives devices, processes and mixed precision, so the same
+config runs on this CPU, under `torchrun` (gloo or NCCL, DDP) or `accelerate launch` with FSDP or
+DeepSpeed configs (see `configs/accelerate/`). There is no home-made distributed code here.
+
+Run folder layout::
+
+    RUN/train.json              the TrainConfig
+    RUN/metrics.csv             one row per optimizer step: losses, lr, step and data seconds
+    RUN/checkpoints/step-N/     weights + optimizer + scheduler + RNG + data positions (atomic)
+    RUN/model/                  the trained model (`RCMedModel.from_pretrained` reads it)
+    RUN/loss.png                loss curve, written at the end
+    RUN/ranks/rank-R.json       per process: record ids seen (this session), checksum of the final weights
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from rcmed.model.config import RCMedConfig
+from rcmed.model.processing import build_batch
+from rcmed.model.rcmed import RCMedModel
+from rcmed.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rcmed.train.config import TrainConfig
+from rcmed.train.data import example_stream
+
+LOSS_KEYS = ("loss", "lm", "mask_bce", "mask_dice", "box_l1", "box_giou", "presence", "iou", "consistency")
+
+
+def model_config(cfg: TrainConfig) -> RCMedConfig:
+    base = RCMedConfig.preset(cfg.model) if not cfg.model.endswith(".json") else RCMedConfig.from_json(Path(cfg.model).read_text())
+    for k, v in cfg.model_overrides.items():
+        if not hasattr(base, k):
+            raise ValueError(f"model_overrides: RCMedConfig has no field {k!r}")
+        setattr(base, k, v)
+    return base
+
+
+def _schedule(optimizer, cfg: TrainConfig):
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    if cfg.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    if cfg.schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+
+
+def weights_checksum(weights: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        h.update(k.encode())
+        h.update(weights[k].detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Trainer:
+    """`Trainer(config).train()` runs (or, with `resume=True`, continues) a training run."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.cfg = config
+        self.resume = resume
+        self.run = Path(config.out)
+
+    def train(self) -> Path:
+        # Deterministic kernels make an interrupted-and-resumed run bit-identical to an
+        # uninterrupted one (without them CPU reductions differ in the last bits from run to run).
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(self.cfg.deterministic, warn_only=True)
+        try:
+            return self._train()
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    def _train(self) -> Path:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        cfg = self.cfg
+        if not cfg.data:
+            raise ValueError("no training data: set `data` to one or more built stores (rcmed data build)")
+        # cpu=True on a machine without accelerators: Accelerate then treats a torchrun launch as
+        # MULTI_CPU with the gloo backend (otherwise each process would train alone).
+        acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                          cpu=not torch.cuda.is_available(),
+                          kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        set_seed(cfg.seed)
+        if acc.is_main_process:
+            self.run.mkdir(parents=True, exist_ok=True)
+            (self.run / "train.json").write_text(cfg.to_json())
+        model = RCMedModel(model_config(cfg))
+        if cfg.init_from:
+            _load_trainable(model, Path(cfg.init_from))
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = _schedule(optimizer, cfg)
+        step, positions = 0, [0] * acc.num_processes
+        ckpt = latest_checkpoint(self.run) if self.resume else None
+        if self.resume and ckpt is None:
+            raise ValueError(f"{self.run}: no checkpoint to resume from")
+        if ckpt is not None:
+            weights, meta = load_checkpoint(ckpt, optimizer, scheduler)
+            _assign(model, weights)
+            step, positions = meta["step"], meta["positions"]
+            acc.print(f"resuming {self.run.name} at step {step}")
+        model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+        core: RCMedModel = acc.unwrap_model(model)
+        size = core.config.vision.img_size
+        rank = acc.process_index
+        stream = example_stream(cfg.data, cfg.stage, cfg.seed, start=positions[rank], rank=rank,
+                                world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer)
+        position = positions[rank]
+        seen: list[str] = []
+        metrics_path = self.run / "metrics.csv"
+        new_file = not metrics_path.exists()
+        writer = None
+        if acc.is_main_process:
+            fh = open(metrics_path, "a", newline="")
+            writer = csv.writer(fh)
+            if new_file:
+                writer.writerow(["step", *LOSS_KEYS, "lr", "step_s", "data_s", "samples_per_s"])
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.stage}", unit="step",
+                   disable=not acc.is_main_process or not sys.stderr.isatty())
+        model.train()
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            data_s = 0.0
+            sums = dict.fromkeys(LOSS_KEYS, 0.0)
+            for _ in range(cfg.grad_accum):
+                td = time.perf_counter()
+                examples = []
+                while len(examples) < cfg.batch_size:
+                    position, record_id, ex = next(stream)
+                    seen.append(record_id)
+                    examples.append(ex)
+                batch = build_batch(core.processor, examples, size)
+                data_s += time.perf_counter() - td
+                with acc.accumulate(model):
+                    out = model(batch)
+                    acc.backward(out["loss"])
+                    if acc.sync_gradients and cfg.clip_grad > 0:
+                        acc.clip_grad_norm_(params, cfg.clip_grad)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                for k in LOSS_KEYS:
+                    sums[k] += float(out[k].detach()) / cfg.grad_accum
+            step += 1
+            step_s = time.perf_counter() - t0
+            all_pos = acc.gather(torch.tensor([position])).tolist()
+            if writer is not None and step % cfg.log_every == 0:
+                writer.writerow([step, *(round(sums[k], 6) for k in LOSS_KEYS), scheduler.get_last_lr()[0],
+                                 round(step_s, 4), round(data_s, 4),
+                                 round(cfg.batch_size * cfg.grad_accum * acc.num_processes / step_s, 2)])
+                fh.flush()
+            bar.set_postfix(loss=f"{sums['loss']:.3f}", step_s=f"{step_s:.2f}")
+            bar.update(1)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    save_checkpoint(self.run / "checkpoints" / f"step-{step:07d}", core.trainable_state_dict(), optimizer,
+                                    scheduler, step, all_pos[0], extra={"positions": all_pos})
+                    _prune(self.run, cfg.keep_checkpoints)
+        bar.close()
+        acc.wait_for_everyone()
+        final = core.trainable_state_dict()
+        ranks = self.run / "ranks"
+        ranks.mkdir(parents=True, exist_ok=True)
+        (ranks / f"rank-{rank}.json").write_text(json.dumps({"records_seen": seen, "checksum": weights_checksum(final)}))
+        if acc.is_main_process:
+            fh.close()
+            core.save_pretrained(self.run / "model")
+            plot_losses(metrics_path, self.run / "loss.png")
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.run / "model"
+
+
+def _assign(model: RCMedModel, weights: dict[str, torch.Tensor]) -> None:
+    rows = weights.pop("special_token_rows", None)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint holds weights the model lacks: {unexpected[:5]}")
+    if rows is not None:
+        ids = model.tokenizer.convert_tokens_to_ids(["<image>", "<seg>", "<region>", "<box>"])
+        with torch.no_grad():
+            model.lm.get_input_embeddings().weight[ids] = rows
+
+
+def _load_trainable(model: RCMedModel, folder: Path) -> None:
+    """Start from a previous stage: a model folder (model.safetensors) or a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "weights.safetensors", "model/model.safetensors"):
+        if (folder / name).is_file():
+            _assign(model, dict(load_file(str(folder / name))))
+            return
+    raise ValueError(f"{folder}: no model.safetensors or weights.safetensors to start from")
+
+
+def _prune(run: Path, keep: int) -> None:
+    import shutil
+
+    ckpts = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in ckpts[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def plot_losses(metrics: Path, out: Path) -> None:
+    """Total and component losses per step, log scale, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(metrics)))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in LOSS_KEYS:
+        vals = [float(r[key]) for r in rows]
+        if any(v > 0 for v in vals):
+            ax.plot(steps, [max(v, 1e-6) for v in vals], label=key, linewidth=2 if key == "loss" else 1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
