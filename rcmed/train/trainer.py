@@ -174,7 +174,11 @@ class Trainer:
         final = core.trainable_state_dict()
         ranks = self.run / "ranks"
         ranks.mkdir(parents=True, exist_ok=True)
-        (ranks / f"rank-{rank}.json").write_text(json.dumps({"records_seen": seen, "checksum": weights_checksum(final)}))
+        params = {k: v for k, v in final.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        # BatchNorm statistics are per process under DDP (synchronised from rank 0 at each forward),
+        # so replicas are compared on parameters; `checksum` covers everything rank 0 saves.
+        (ranks / f"rank-{rank}.json").write_text(json.dumps({"records_seen": seen, "checksum": weights_checksum(final),
+                                                             "params_checksum": weights_checksum(params)}))
         if acc.is_main_process:
             fh.close()
             core.save_pretrained(self.run / "model")

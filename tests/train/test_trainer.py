@@ -89,4 +89,4 @@ def test_torchrun_two_cpu_ranks_see_different_data_and_end_identical(built, tmp_
     # within an epoch (16 records, 8 per rank) the ranks' data are disjoint and together complete
     first0, first1 = set(r0["records_seen"][:8]), set(r1["records_seen"][:8])
     assert first0.isdisjoint(first1) and len(first0 | first1) == 16
-    assert r0["checksum"] == r1["checksum"]  # DDP kept the replicas identical
+    assert r0["params_checksum"] == r1["params_checksum"]  # DDP kept the replicas identical
