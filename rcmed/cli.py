@@ -176,6 +176,63 @@ def data_stats(
         typer.echo(f"{key:<12} {val}")
 
 
+def _summary(answer) -> None:
+    typer.echo(answer.text or "(no text)")
+    for t in answer.targets:
+        if not t.present:
+            typer.echo(f"  - {t.name}: not found (presence {t.presence:.2f})")
+            continue
+        size = f"{t.volume_ml:.1f} mL" if t.volume_ml is not None else (f"{t.area_mm2:.1f} mm²" if t.area_mm2 is not None else f"{t.area_px} px")
+        typer.echo(f"  - {t.name}: present ({t.presence:.2f}), score {t.score:.2f}, {size}, {t.components} component(s)")
+
+
+@app.command()
+@_friendly
+def segment(
+    file: Path = typer.Argument(..., help="Image or volume (PNG/TIFF/DICOM file or series folder/NIfTI)."),
+    prompt: str = typer.Argument(..., help='What to segment, e.g. "segment the liver and any lesion".'),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for overlay.png, masks and answer.json."),
+    model: str = typer.Option("default", "--model", help="Model folder (from rcmed train) or 'default'."),
+    box: Optional[tuple[float, float, float, float]] = typer.Option(None, "--box", help="Box prompt x0 y0 x1 y1 (pixels)."),
+    fmt: str = typer.Option("auto", "--format", help="Mask format: auto, png (2-D), nifti or dicom-seg (volumes)."),
+    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Modality when the file does not say it."),
+    as_json: bool = typer.Option(False, "--json", help="Print answer.json instead of a summary."),
+) -> None:
+    """Segment what the prompt names; write overlay, one mask per target and answer.json."""
+    from rcmed.predictor import Predictor
+    from rcmed.segment_files import segment_file
+
+    predictor = Predictor.from_pretrained(model)
+    answer, data = segment_file(predictor, file, prompt, out, modality=modality,
+                                boxes=[list(box)] if box else None, fmt=fmt)
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        _summary(answer)
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
+@_friendly
+def ask(
+    file: Path = typer.Argument(..., help="Image file."),
+    question: str = typer.Argument(..., help="Question about the image."),
+    model: str = typer.Option("default", "--model", help="Model folder (from rcmed train) or 'default'."),
+    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Modality when the file does not say it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Ask a question about an image; print the answer text and the targets it names."""
+    from rcmed.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(model)
+    predictor.set_image(file, modality=modality)
+    answer = predictor.predict(question)
+    if as_json:
+        typer.echo(json.dumps(predictor.answer_json(answer)))
+    else:
+        _summary(answer)
+
+
 @app.command()
 @_friendly
 def train(

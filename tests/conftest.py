@@ -77,3 +77,41 @@ def ct_series(tmp_path: Path) -> tuple[Path, np.ndarray]:
     for k, (z, name) in enumerate(zip(zs, names, strict=True)):
         write_ct_slice(folder / name, stored[k], z, series, study, instance=5 - k)
     return folder, stored.astype(np.int32) - 1024
+
+
+def phantom_examples(n: int = 8):
+    """Liver-present and tumour-absent grounding examples on 64² CT phantoms."""
+    from rcmed.data.synth import synth
+    from rcmed.io.normalize import normalize
+    from rcmed.model.processing import Example
+
+    out = []
+    for s in range(n):
+        p = synth("ct", s, size=64)
+        x = normalize(p.image)
+        out.append(Example(x, "Segment the liver.", "The liver <seg> is here.", [p.masks["liver"]]))
+        out.append(Example(x, "Segment the tumour.", "The tumour <seg> is not present.", [None]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> Path:
+    """The tiny model overfitted on 8 phantoms (120 steps, ~20 s), saved with save_pretrained."""
+    import torch
+
+    from rcmed.model.config import RCMedConfig
+    from rcmed.model.processing import build_batch
+    from rcmed.model.rcmed import RCMedModel
+
+    torch.manual_seed(0)
+    m = RCMedModel(RCMedConfig.tiny())
+    batch = build_batch(m.processor, phantom_examples(8), 64)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-3)
+    for _ in range(120):
+        out = m(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    m.save_pretrained(folder)
+    return folder

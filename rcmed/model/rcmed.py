@@ -58,7 +58,11 @@ class TargetOutput:
 
 @dataclass
 class Generation:
+    """`text`: the answer for people (special tokens removed); `answer`: the same with one `<seg>`
+    per target, as in training data (used to decode the same answer on other slices)."""
+
     text: str
+    answer: str = ""
     targets: list[TargetOutput] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
 
@@ -244,7 +248,7 @@ class RCMedModel(nn.Module):
                 slot_hidden.append(step.hidden_states[-1][0, -1])
         text_ids = [t for t in generated if t != proc.region_id]
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
-        result = Generation(text=_clean(text), token_ids=generated)
+        result = Generation(text=_clean(text), answer=text, token_ids=generated)
         if not slot_hidden:
             return result
         full = torch.cat([ids, torch.tensor([generated])], dim=1)
@@ -266,6 +270,18 @@ class RCMedModel(nn.Module):
                 name=names[k] if k < len(names) else f"target {k + 1}", mask_logits=final.masks[k, 0],
                 box=final.box[k], score=float(final.iou[k, 0]), presence=float(torch.sigmoid(final.presence[k]))))
         return result
+
+    @torch.inference_mode()
+    def decode_answer(self, pixel_values: torch.Tensor, input_ids: list[int]) -> DecoderOutput:
+        """Decode a fixed (prompt + answer) token sequence on a batch of images (B, 3, S, S):
+        targets come out batch-major, K per image (last loop round)."""
+        self.eval()
+        b = pixel_values.shape[0]
+        feats = self.encode(pixel_values)
+        visual = self.visual_tokens(feats)
+        ids = torch.tensor([input_ids]).expand(b, -1)
+        h = self.run_lm(self.embed(ids, visual), None).hidden_states[-1]
+        return self._rounds(feats, ids, None, visual, h, self.config.loop_rounds)[-1]
 
     # ------------------------------------------------------------------ weights
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from rcmed.io.normalize import normalize
 from rcmed.model.config import RCMedConfig
 from rcmed.model.processing import Example, build_batch, postprocess_mask, prepare_image
 from rcmed.model.rcmed import RCMedModel
+from tests.conftest import phantom_examples
 
 
 def _model(**kw) -> RCMedModel:
@@ -19,13 +20,7 @@ def _model(**kw) -> RCMedModel:
 
 
 def _examples(n: int = 8) -> list[Example]:
-    out = []
-    for s in range(n):
-        p = synth("ct", s, size=64)
-        x = normalize(p.image)
-        out.append(Example(x, "Segment the liver.", "The liver <seg> is here.", [p.masks["liver"]]))
-        out.append(Example(x, "Segment the tumour.", "The tumour <seg> is not present.", [None]))
-    return out
+    return phantom_examples(n)
 
 
 def test_forward_backward_every_trainable_parameter_gets_a_gradient():
@@ -62,16 +57,10 @@ def test_closed_loop_changes_the_masks():
     assert not torch.allclose(r1.masks, r2.masks)
 
 
-def test_overfits_phantoms_and_learns_absence():
-    m = _model()
-    exs = _examples(8)
-    batch = build_batch(m.processor, exs, 64)
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-3)
-    for _ in range(120):
-        out = m(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+def test_overfits_phantoms_and_learns_absence(tiny_trained):
+    """Trained by the `tiny_trained` fixture (120 steps on 8 phantoms), reloaded from disk."""
+    m = RCMedModel.from_pretrained(tiny_trained)
+    exs = phantom_examples(8)
     dices, absent_presence = [], []
     for i in range(0, len(exs), 2):
         pix, geom = prepare_image(exs[i].image, 64)

@@ -1,0 +1,228 @@
+"""The public Python API: load a model once, set an image once, ask many times.
+
+    p = Predictor.from_pretrained("runs/x/model")
+    p.set_image("scan.png")                      # reads, normalises and encodes once
+    answer = p.predict("segment the liver and any lesion")
+    answer.targets[0].mask                       # (H, W) bool in the source image's pixels
+
+Volumes: `predict_volume(volume, prompt)` answers on the middle slice, then decodes that same
+answer on every slice in batches (bounded memory) and assembles 3-D masks in the source voxel
+order, with volumes in mL and 3-D connected components.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from rcmed.errors import RCMedError, RCMedInputError
+from rcmed.io.image import MedicalImage
+from rcmed.io.normalize import normalize
+from rcmed.io.readers import load
+from rcmed.io.slices import from_slices, to_slices
+from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image
+from rcmed.model.rcmed import RCMedModel
+
+MAX_PROMPT_CHARS = 2000
+
+
+class ModelNotAvailableError(RCMedError):
+    """The requested model does not exist (yet) at the given name or path."""
+
+
+@dataclass
+class Target:
+    """One target of an answer. `mask` is in the source image's geometry ((H, W) or (D, H, W)
+    in the file's voxel order), None when the target is absent. `box` is [x0, y0, x1, y1]
+    inclusive source pixels (2-D only). `components`: connected components of the mask."""
+
+    name: str
+    present: bool
+    score: float
+    presence: float
+    mask: np.ndarray | None = None
+    box: list[int] | None = None
+    components: int | None = None
+    area_px: int | None = None
+    area_mm2: float | None = None
+    volume_ml: float | None = None
+
+    def to_json(self, mask_file: str | None = None) -> dict[str, object]:
+        d: dict[str, object] = {"name": self.name, "present": self.present, "score": round(self.score, 4),
+                                "presence": round(self.presence, 4), "box": self.box, "mask": mask_file,
+                                "instances": self.components}
+        if self.volume_ml is not None:
+            d["volume_ml"] = round(self.volume_ml, 3)
+        else:
+            d["area_mm2"] = None if self.area_mm2 is None else round(self.area_mm2, 2)
+        return d
+
+
+@dataclass
+class Answer:
+    text: str
+    targets: list[Target] = field(default_factory=list)
+
+
+def _model_sha(folder: Path) -> str:
+    h = hashlib.sha256()
+    with open(folder / "model.safetensors", "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Predictor:
+    """Encode an image once, answer many prompts about it."""
+
+    def __init__(self, model: RCMedModel, name: str = "custom", sha256: str = "", presence_threshold: float = 0.5) -> None:
+        self.model = model.eval()
+        self.name, self.sha256 = name, sha256
+        self.presence_threshold = presence_threshold
+        self.size = model.config.vision.img_size
+        self._image: MedicalImage | None = None
+        self._geom: ImageGeometry | None = None
+        self._pixels: torch.Tensor | None = None
+        self._feats = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "default") -> "Predictor":
+        """A model folder written by `save_pretrained` / `rcmed train`, or "default" (the bundled model)."""
+        if str(name_or_path) == "default":
+            folder = Path(__file__).resolve().parent / "weights" / "default"
+            if not (folder / "model.safetensors").is_file():
+                raise ModelNotAvailableError("the bundled default model is not trained yet; pass --model RUN/model "
+                                             "(a folder written by `rcmed train`)")
+        else:
+            folder = Path(name_or_path)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise ModelNotAvailableError(f"{folder}: no config.json + model.safetensors; not an RCMed model folder")
+        return cls(RCMedModel.from_pretrained(folder), name=folder.name if folder.name != "model" else folder.parent.name,
+                   sha256=_model_sha(folder))
+
+    # ------------------------------------------------------------------ 2-D
+    def set_image(self, image: MedicalImage | str | Path, modality: str | None = None, window="auto") -> None:
+        """Read (if a path), normalise by modality and encode a 2-D image once."""
+        img = image if isinstance(image, MedicalImage) else load(image, modality=modality)
+        if img.is_volume:
+            raise RCMedInputError("image", f"is a volume with {img.n_slices} slices; use predict_volume()")
+        x = normalize(img, window=window)
+        self._image = img
+        self._pixels, self._geom = prepare_image(x, self.size)
+        with torch.inference_mode():
+            self._feats = self.model.encode(self._pixels[None])
+
+    def predict(self, prompt: str, boxes: list[list[float]] | None = None, max_new_tokens: int | None = None) -> Answer:
+        """Answer `prompt` about the image of `set_image`. `boxes`: source-pixel [x0, y0, x1, y1],
+        one for all targets or one per target."""
+        if self._feats is None or self._geom is None or self._image is None:
+            raise RCMedInputError("predict", "no image set; call set_image() first")
+        prompt = _check_prompt(prompt)
+        model_boxes = None if boxes is None else self._boxes_to_model(boxes)
+        gen = self.model.generate(self._pixels[None], prompt, feats=self._feats, max_new_tokens=max_new_tokens, boxes=model_boxes)
+        spacing = self._image.spacing
+        targets = []
+        for t in gen.targets:
+            present = t.presence >= self.presence_threshold
+            mask = postprocess_mask(t.mask_logits, self._geom) if present else None
+            if mask is not None and not mask.any():
+                mask, present = None, False  # "present" with an empty mask is reported as not found
+            area = int(mask.sum()) if mask is not None else None
+            targets.append(Target(
+                name=t.name, present=present, score=t.score, presence=t.presence, mask=mask,
+                box=_mask_box(mask) if mask is not None else None,
+                components=int(ndi.label(mask)[1]) if mask is not None else None, area_px=area,
+                area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None))
+        return Answer(text=gen.text, targets=targets)
+
+    def _boxes_to_model(self, boxes: list[list[float]]) -> torch.Tensor:
+        geom = self._geom
+        assert geom is not None
+        b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+        h, w = geom.source_hw
+        if (b < 0).any() or (b[:, 2] >= w).any() or (b[:, 3] >= h).any() or (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+            raise RCMedInputError("--box", f"box {b.tolist()} is outside the {w}x{h} image or inverted; use x0 y0 x1 y1 pixels")
+        scale = geom.resized_hw[0] / h
+        return b * scale
+
+    # ------------------------------------------------------------------ 3-D
+    def predict_volume(self, volume: MedicalImage | str | Path, prompt: str, modality: str | None = None,
+                       window="auto", batch_slices: int = 8, progress: bool = False) -> Answer:
+        """Answer on the middle axial slice, then decode the same answer on every slice in batches
+        of `batch_slices` (memory bounded by one batch) and stack masks in source voxel order."""
+        from tqdm import tqdm
+
+        vol = volume if isinstance(volume, MedicalImage) else load(volume, modality=modality)
+        if not vol.is_volume:
+            raise RCMedInputError("volume", "is a 2-D image; use set_image() and predict()")
+        prompt = _check_prompt(prompt)
+        stack = to_slices(vol)
+        norm = normalize(vol.with_array(stack.slices), window=window)  # window from the whole volume
+        n = len(stack)
+        mid = n // 2
+        pix, geom = prepare_image(norm[mid], self.size)
+        with torch.inference_mode():
+            first = self.model.generate(pix[None], prompt)
+        names = [t.name for t in first.targets]
+        if not names:
+            return Answer(text=first.text, targets=[])
+        ids = self.model.processor.encode(prompt, first.answer)[0]
+        masks = np.zeros((len(names), *stack.slices.shape[:3]), bool)
+        presence = np.zeros((len(names), n))
+        scores = np.zeros((len(names), n))
+        for start in tqdm(range(0, n, batch_slices), desc="slices", disable=not progress, leave=False):
+            idx = list(range(start, min(start + batch_slices, n)))
+            batch = torch.stack([prepare_image(norm[i], self.size)[0] for i in idx])
+            outs = self.model.decode_answer(batch, ids)
+            k = len(names)
+            for j, i in enumerate(idx):
+                for t in range(k):
+                    p = float(torch.sigmoid(outs.presence[j * k + t]))
+                    presence[t, i] = p
+                    scores[t, i] = float(outs.iou[j * k + t, 0])
+                    if p >= self.presence_threshold:
+                        masks[t, i] = postprocess_mask(outs.masks[j * k + t, 0], geom)
+        voxel_ml = float(np.prod(vol.spacing)) / 1000.0 if vol.spacing else None
+        targets = []
+        for t, name in enumerate(names):
+            m3 = from_slices(masks[t], stack)
+            present = bool(m3.any())
+            targets.append(Target(
+                name=name, present=present, score=float(scores[t][presence[t] >= self.presence_threshold].mean()) if present else 0.0,
+                presence=float(presence[t].max()), mask=m3 if present else None,
+                components=int(ndi.label(m3)[1]) if present else None, area_px=int(m3.sum()) if present else None,
+                volume_ml=float(m3.sum()) * voxel_ml if (present and voxel_ml is not None) else None))
+        return Answer(text=first.text, targets=targets)
+
+    def answer_json(self, answer: Answer, mask_files: list[str | None] | None = None) -> dict[str, object]:
+        """The public `answer.json` layout (see README)."""
+        files = mask_files or [None] * len(answer.targets)
+        return {"text": answer.text, "model": {"name": self.name, "sha256": self.sha256},
+                "targets": [t.to_json(f) for t, f in zip(answer.targets, files, strict=True)]}
+
+
+def _check_prompt(prompt: str) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RCMedInputError("prompt", "empty prompt; say what to segment or ask")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise RCMedInputError("prompt", f"prompt of {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return prompt.strip()
+
+
+def _mask_box(mask: np.ndarray) -> list[int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
+
+
+def save_answer_json(path: Path, data: dict[str, object]) -> None:
+    from rcmed.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))

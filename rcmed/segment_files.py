@@ -1,0 +1,67 @@
+"""What `rcmed segment` does with files: run the predictor on one input and write the overlay,
+one mask per target (PNG for 2-D, NIfTI or DICOM-SEG for volumes) and `answer.json`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from rcmed.errors import RCMedInputError
+from rcmed.io.readers import load
+from rcmed.io.slices import to_slices
+from rcmed.io.writers import write_dicom_seg, write_mask_png, write_nifti, write_overlay_png
+from rcmed.predictor import Answer, Predictor, save_answer_json
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "target"
+
+
+def segment_file(predictor: Predictor, path: Path, prompt: str, out: Path, *, modality: str | None = None,
+                 boxes: list[list[float]] | None = None, fmt: str = "auto") -> tuple[Answer, dict[str, object]]:
+    """Answer `prompt` about the file at `path`; write results into `out`; return (answer, answer.json)."""
+    image = load(path, modality=modality)
+    out.mkdir(parents=True, exist_ok=True)
+    if image.is_volume:
+        if boxes is not None:
+            raise RCMedInputError("--box", "box prompts apply to 2-D images; crop the volume or omit --box")
+        answer = predictor.predict_volume(image, prompt)
+        fmt = ("dicom-seg" if image.metadata.get("format") == "dicom" else "nifti") if fmt == "auto" else fmt
+        files: list[str | None] = []
+        present = [(t, t.mask) for t in answer.targets if t.mask is not None]
+        if fmt == "dicom-seg" and present:
+            write_dicom_seg(out / "seg.dcm", {t.name: m for t, m in present}, image)
+            files = ["seg.dcm" if t.mask is not None else None for t in answer.targets]
+        else:
+            if fmt not in ("nifti", "dicom-seg"):
+                raise RCMedInputError("--format", f"volumes are written as nifti or dicom-seg, not {fmt!r}")
+            for k, t in enumerate(answer.targets):
+                if t.mask is None:
+                    files.append(None)
+                    continue
+                name = f"mask_{k}_{_safe(t.name)}.nii.gz"
+                write_nifti(out / name, t.mask.astype(np.uint8), image)
+                files.append(name)
+        stack = to_slices(image)
+        mid = len(stack) // 2
+        mid_masks = [to_slices(image.with_array(t.mask)).slices[mid] for t, _ in present]
+        write_overlay_png(out / "overlay.png", stack.slice_image(mid), mid_masks)
+    else:
+        if fmt not in ("auto", "png"):
+            raise RCMedInputError("--format", f"2-D masks are written as png, not {fmt!r}")
+        predictor.set_image(image)
+        answer = predictor.predict(prompt, boxes=boxes)
+        files = []
+        for k, t in enumerate(answer.targets):
+            if t.mask is None:
+                files.append(None)
+                continue
+            name = f"mask_{k}_{_safe(t.name)}.png"
+            write_mask_png(out / name, t.mask)
+            files.append(name)
+        write_overlay_png(out / "overlay.png", image, [t.mask for t in answer.targets if t.mask is not None])
+    data = predictor.answer_json(answer, files)
+    save_answer_json(out / "answer.json", data)
+    return answer, data

@@ -1,0 +1,92 @@
+"""The Predictor API and `rcmed segment`/`rcmed ask` on the tiny model trained by the fixture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rcmed.cli import app
+from rcmed.data.synth import synth
+from rcmed.errors import RCMedInputError
+from rcmed.io.writers import write_nifti
+from rcmed.predictor import ModelNotAvailableError, Predictor
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_trained) -> Predictor:
+    return Predictor.from_pretrained(tiny_trained)
+
+
+def test_predict_gives_masks_in_source_geometry_and_absence(predictor):
+    ph = synth("ct", 3, size=96)  # a different size than the model's 64² input
+    predictor.set_image(ph.image)
+    ans = predictor.predict("Segment the liver.")
+    (liver,) = ans.targets
+    assert liver.present and liver.mask.shape == (96, 96)
+    dice = 2 * (liver.mask & ph.masks["liver"]).sum() / (liver.mask.sum() + ph.masks["liver"].sum())
+    assert dice > 0.8
+    assert liver.area_mm2 == pytest.approx(liver.area_px * 0.8 * 0.8)
+    x0, y0, x1, y1 = liver.box
+    assert liver.mask[y0:y1 + 1, x0:x1 + 1].sum() == liver.area_px
+    absent = predictor.predict("Segment the tumour.")
+    assert [t.present for t in absent.targets] == [False] and absent.targets[0].mask is None
+    assert "not present" in absent.text
+
+
+def test_predict_volume_assembles_3d_masks_with_volume(predictor):
+    ph = synth("ct", 3, size=64, volume=True)
+    ans = predictor.predict_volume(ph.image, "Segment the liver.", batch_slices=5)
+    (liver,) = ans.targets
+    assert liver.mask.shape == ph.image.spatial_shape
+    true_ml = ph.masks["liver"].sum() * 0.8 * 0.8 * 2.5 / 1000
+    assert liver.volume_ml == pytest.approx(true_ml, rel=0.25)
+    assert liver.components >= 1
+
+
+def test_bad_prompts_and_boxes(predictor):
+    predictor.set_image(synth("ct", 1, size=64).image)
+    with pytest.raises(RCMedInputError, match="empty prompt"):
+        predictor.predict("   ")
+    with pytest.raises(RCMedInputError, match="the limit is 2000"):
+        predictor.predict("liver " * 20000)
+    with pytest.raises(RCMedInputError, match="outside the 64x64 image"):
+        predictor.predict("Segment the liver.", boxes=[[10, 10, 500, 20]])
+
+
+def test_missing_models_are_clear():
+    with pytest.raises(ModelNotAvailableError, match="not an RCMed model folder"):
+        Predictor.from_pretrained("/nonexistent/model")
+
+
+def test_cli_segment_png_and_nifti(tiny_trained, tmp_path):
+    ph = synth("ct", 2, size=64)
+    from rcmed.io.normalize import normalize
+
+    Image.fromarray((normalize(ph.image) * 255).astype(np.uint8)).save(tmp_path / "ct.png")
+    res = runner.invoke(app, ["segment", str(tmp_path / "ct.png"), "Segment the liver.", "--model", str(tiny_trained),
+                              "--out", str(tmp_path / "o"), "-m", "ct"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "o" / "answer.json").read_text())
+    assert data["model"]["sha256"] and data["targets"][0]["name"] == "liver"
+    mask = np.asarray(Image.open(tmp_path / "o" / data["targets"][0]["mask"]))
+    assert mask.shape == (64, 64) and (tmp_path / "o" / "overlay.png").is_file()
+    vol = synth("ct", 2, size=64, volume=True)
+    write_nifti(tmp_path / "ct.nii.gz", vol.image.array, vol.image)
+    res = runner.invoke(app, ["segment", str(tmp_path / "ct.nii.gz"), "Segment the liver.", "--model", str(tiny_trained),
+                              "--out", str(tmp_path / "v"), "-m", "ct", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["targets"][0]["mask"].endswith(".nii.gz") and d["targets"][0]["volume_ml"] > 0
+    res = runner.invoke(app, ["ask", str(tmp_path / "ct.png"), "Segment the tumour.", "--model", str(tiny_trained), "-m", "ct"])
+    assert res.exit_code == 0 and "not found" in res.output
+
+
+def test_cli_segment_errors_are_one_line(tmp_path):
+    res = runner.invoke(app, ["segment", str(tmp_path / "x.png"), "liver", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "default model is not trained yet" in res.output and "Traceback" not in res.output
