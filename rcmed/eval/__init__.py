@@ -1,0 +1,1 @@
+"""Evaluation: the field's metrics with explicit conventions (empty masks, spacing)."""

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rcmed.eval.metrics import (
+    box_ap,
+    box_iou,
+    counting_error,
+    dice,
+    hd95,
+    iou,
+    match_instances,
+    nsd,
+    presence_metrics,
+    referring_iou,
+    text_metrics,
+)
+
+
+def square(shape, r0, c0, size):
+    m = np.zeros(shape, bool)
+    m[r0:r0 + size, c0:c0 + size] = True
+    return m
+
+
+def test_dice_iou_hand_computed_and_empty_rules():
+    a, b = square((40, 40), 5, 5, 10), square((40, 40), 5, 10, 10)  # overlap 10 x 5
+    assert dice(a, b) == pytest.approx(100 / 200)
+    assert iou(a, b) == pytest.approx(50 / 150)
+    empty = np.zeros((40, 40), bool)
+    assert dice(empty, empty) == 1.0 and iou(empty, empty) == 1.0
+    assert dice(a, empty) == 0.0 and dice(empty, a) == 0.0
+
+
+def test_hd95_and_nsd_use_spacing_in_mm():
+    a = square((60, 60), 20, 20, 20)
+    shifted_x = square((60, 60), 20, 25, 20)  # 5 columns
+    shifted_y = square((60, 60), 25, 20, 20)  # 5 rows
+    assert hd95(a, a) == 0.0
+    assert hd95(a, shifted_x, spacing=(2.0, 1.0)) == pytest.approx(5.0)   # columns are 1 mm
+    assert hd95(a, shifted_y, spacing=(2.0, 1.0)) == pytest.approx(10.0)  # rows are 2 mm
+    assert nsd(a, a, 1.0) == pytest.approx(1.0)
+    assert nsd(a, shifted_x, 6.0, spacing=(1.0, 1.0)) == pytest.approx(1.0)
+    assert 0.0 < nsd(a, shifted_x, 1.0, spacing=(1.0, 1.0)) < 1.0
+    empty = np.zeros((60, 60), bool)
+    assert hd95(empty, empty) == 0.0 and math.isinf(hd95(a, empty))
+    assert nsd(empty, empty, 1.0) == 1.0 and nsd(a, empty, 1.0) == 0.0
+
+
+def test_offset_discs_match_the_cross_checked_values():
+    """shared/offline.md: two offset discs give Dice 0.9087 in every library."""
+    yy, xx = np.mgrid[:64, :64]
+    a = (yy - 32) ** 2 + (xx - 30) ** 2 <= 15**2
+    b = (yy - 32) ** 2 + (xx - 33) ** 2 <= 15**2
+    d = dice(a, b)
+    assert d == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
+    assert hd95(a, b) == pytest.approx(3.0, abs=0.5)
+
+
+def test_referring_giou_and_ciou():
+    big = square((20, 20), 0, 0, 10)
+    small = square((20, 20), 0, 0, 2)
+    g, c = referring_iou([big, small], [big, square((20, 20), 0, 0, 4)])
+    assert g == pytest.approx((1.0 + 4 / 16) / 2)
+    assert c == pytest.approx((100 + 4) / (100 + 16))
+
+
+def test_instance_matching_counts():
+    true = np.zeros((30, 30), int)
+    true[1:5, 1:5], true[10:15, 10:15], true[20:25, 1:5] = 1, 2, 3
+    pred = np.zeros((30, 30), int)
+    pred[1:5, 1:5] = 7       # exact match of 1
+    pred[10:15, 10:15] = 3   # exact match of 2
+    pred[20:25, 20:25] = 9   # false positive; true 3 missed
+    m = match_instances(pred, true, 0.5)
+    assert (m.tp, m.fp, m.fn) == (2, 1, 1)
+    assert m.precision == pytest.approx(2 / 3) and m.recall == pytest.approx(2 / 3) and m.f1 == pytest.approx(2 / 3)
+    assert m.ap == pytest.approx(0.5) and m.mean_matched_iou == pytest.approx(1.0)
+    assert match_instances(np.zeros((5, 5), int), np.zeros((5, 5), int)).ap == 1.0
+
+
+def test_boxes_counting_presence_text():
+    assert box_iou([0, 0, 9, 9], [0, 0, 9, 9]) == 1.0
+    assert box_iou([0, 0, 9, 9], [5, 0, 14, 9]) == pytest.approx(50 / 150)
+    assert box_ap([[0, 0, 9, 9], [50, 50, 60, 60]], [0.9, 0.8], [[0, 0, 9, 9]]) == pytest.approx(1.0)
+    assert box_ap([[50, 50, 60, 60], [0, 0, 9, 9]], [0.9, 0.8], [[0, 0, 9, 9]]) == pytest.approx(0.5)
+    assert counting_error(35, 37) == (2, pytest.approx(2 / 37))
+    acc, auc = presence_metrics([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0])
+    assert acc == 1.0 and auc == 1.0
+    acc, auc = presence_metrics([0.9, 0.2, 0.6, 0.1], [1, 1, 0, 0])
+    assert acc == 0.5 and auc == pytest.approx(0.75)
+    t = text_metrics(["the liver is round"], ["the liver is round"])
+    assert t["bleu"] == pytest.approx(100.0) and t["rouge_l"] == pytest.approx(1.0)
