@@ -235,6 +235,25 @@ def ask(
 
 @app.command()
 @_friendly
+def serve(
+    model: str = typer.Option("default", "--model", help="Model folder (from rcmed train) or 'default'."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port."),
+    token: Optional[str] = typer.Option(None, help="Require this bearer token (or set RCMED_TOKEN)."),
+    max_upload_mb: int = typer.Option(64, help="Upload size cap in MB."),
+    queue_size: int = typer.Option(4, help="Requests admitted at once (running + waiting); more get 503."),
+    timeout_s: float = typer.Option(120.0, help="Per-request inference timeout in seconds."),
+) -> None:
+    """Start the HTTP API (OpenAPI docs at /docs) and the web page (at /)."""
+    from rcmed.serve.app import ServeSettings
+    from rcmed.serve.app import serve as run_server
+
+    run_server(model, host, port, ServeSettings(max_upload_bytes=max_upload_mb * 2**20, queue_size=queue_size,
+                                                timeout_s=timeout_s, token=token))
+
+
+@app.command()
+@_friendly
 def train(
     config: Optional[Path] = typer.Option(None, "--config", help="TrainConfig JSON (see configs/train/)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder to continue from its last checkpoint."),

@@ -65,3 +65,7 @@ class UnknownModalityError(RCMedInputError):
 
 class StoreError(RCMedInputError):
     """A triplet store (manifest or shards) that is missing, damaged or inconsistent."""
+
+
+class LimitExceededError(RCMedInputError):
+    """An upload, archive or request over a configured size limit (HTTP 413)."""

@@ -1,0 +1,269 @@
+"""HTTP API and web page (FastAPI): `rcmed serve`.
+
+Endpoints: `GET /v1/health`, `GET /v1/model`, `POST /v1/segment`, `POST /v1/ask` (multipart:
+`file` = an image, a NIfTI, or a zip of one DICOM series; `prompt`; optional `box` "x0,y0,x1,y1"),
+and `GET /` (the web page). Masks come back as run-length encodings (see `rle_encode`) and the
+overlay as a base64 PNG.
+
+Limits, all enforced before inference: upload size, decompressed zip size and member count,
+image size (the readers' header checks), prompt length, a per-request timeout, and a bounded
+inference queue that answers 503 with Retry-After when full. Optional bearer-token auth. Client
+file names never touch the filesystem (only a whitelisted extension is kept); temporary files
+live in a per-request temporary folder that is always removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import tempfile
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile  # module level: FastAPI resolves annotations here
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from rcmed.errors import ImageTooLargeError, LimitExceededError, RCMedError, RCMedInputError
+from rcmed.predictor import Answer, Predictor
+
+ALLOWED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".npz", ".zip")
+
+
+@dataclass
+class ServeSettings:
+    max_upload_bytes: int = 64 * 2**20
+    max_unzipped_bytes: int = 1 * 2**30
+    max_zip_members: int = 5000
+    timeout_s: float = 120.0
+    queue_size: int = 4
+    token: str | None = None
+
+
+class InferenceQueue:
+    """At most `size` requests in the building (running + waiting); one runs at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._count = 0
+        self._lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcmed-infer")
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self._count >= self.size:
+                return False
+            self._count += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, object]:
+    """Row-major run lengths of a boolean mask, starting with a (possibly empty) run of zeros:
+    {"size": [H, W] (or [D, H, W]), "counts": [zeros, ones, zeros, ...]}."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0] + runs
+    return {"size": list(mask.shape), "counts": runs}
+
+
+def rle_decode(rle: dict[str, object]) -> np.ndarray:
+    size = [int(s) for s in rle["size"]]  # type: ignore[union-attr]
+    out = np.zeros(int(np.prod(size)), bool)
+    pos, val = 0, False
+    for n in rle["counts"]:  # type: ignore[union-attr]
+        if val:
+            out[pos: pos + int(n)] = True
+        pos += int(n)
+        val = not val
+    return out.reshape(size)
+
+
+def _suffix(name: str) -> str:
+    low = (name or "").lower()
+    for s in sorted(ALLOWED_SUFFIXES, key=len, reverse=True):
+        if low.endswith(s):
+            return s
+    raise RCMedInputError("file", f"unsupported upload type; send one of {', '.join(ALLOWED_SUFFIXES)}")
+
+
+def _extract_series(zip_path: Path, dest: Path, settings: ServeSettings) -> Path:
+    """Extract a zipped DICOM series safely: sizes checked from the directory first, member
+    names replaced by counters (no client path reaches the filesystem)."""
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile:
+        raise RCMedInputError("file", "not a readable zip archive") from None
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > settings.max_zip_members:
+            raise LimitExceededError("file", f"zip holds {len(members)} files; the limit is {settings.max_zip_members}")
+        total = sum(m.file_size for m in members)
+        if total > settings.max_unzipped_bytes:
+            raise LimitExceededError("file", f"zip expands to {total:,} bytes; the limit is {settings.max_unzipped_bytes:,}")
+        folder = dest / "series"
+        folder.mkdir()
+        written = 0
+        for k, m in enumerate(members):
+            with zf.open(m) as src, open(folder / f"{k:06d}.dcm", "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > settings.max_unzipped_bytes:  # the directory lied about sizes
+                        raise LimitExceededError("file", "zip expands beyond the size limit")
+                    dst.write(chunk)
+    return folder
+
+
+def _overlay_png(image, answer: Answer) -> tuple[str, str]:
+    """(image PNG, image-with-masks PNG), base64; the middle axial slice of a volume."""
+    from PIL import Image
+
+    from rcmed.io.normalize import normalize
+    from rcmed.io.slices import to_slices
+    from rcmed.overlay import paint
+
+    masks = [t.mask for t in answer.targets if t.mask is not None]
+    if image.is_volume:
+        stack = to_slices(image)
+        mid = len(stack) // 2
+        base = normalize(image.with_array(stack.slices))[mid]
+        masks = [to_slices(image.with_array(m)).slices[mid] for m in masks]
+    else:
+        base = normalize(image)
+    def png(rgb: np.ndarray) -> str:
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    return png(paint(base, [])), png(paint(base, masks, alpha=0.6))
+
+
+def create_app(predictor: Predictor, settings: ServeSettings | None = None):
+    """The FastAPI app around one loaded predictor."""
+    from rcmed import __version__
+    from rcmed.io.readers import load
+
+    cfg = settings or ServeSettings()
+    queue = InferenceQueue(cfg.queue_size)
+    lock = threading.Lock()  # the predictor holds one image at a time
+    app = FastAPI(title="RCMed", version=__version__, description="Medical vision-language assistant: text + masks.")
+    app.state.queue = queue
+
+    def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if cfg.token and request.url.path.startswith("/v1/") and request.url.path != "/v1/health":
+            if request.headers.get("authorization") != f"Bearer {cfg.token}":
+                return _error(401, "missing or wrong bearer token")
+        return await call_next(request)
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, object]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    async def model_info() -> dict[str, object]:
+        c = predictor.model.config
+        return {"name": predictor.name, "version": __version__, "sha256": predictor.sha256,
+                "card": {"config": c.name, "lm": c.lm, "image_size": c.vision.img_size, "loop_rounds": c.loop_rounds}}
+
+    async def _save_upload(file: UploadFile, folder: Path) -> Path:
+        suffix = _suffix(file.filename or "")
+        path = folder / f"upload{suffix}"
+        size = 0
+        with open(path, "wb") as fh:
+            while chunk := await file.read(1 << 20):
+                size += len(chunk)
+                if size > cfg.max_upload_bytes:
+                    raise LimitExceededError("file", f"upload larger than {cfg.max_upload_bytes:,} bytes")
+                fh.write(chunk)
+        if size == 0:
+            raise RCMedInputError("file", "empty upload")
+        return _extract_series(path, folder, cfg) if suffix == ".zip" else path
+
+    def _infer(path: Path, prompt: str, box: list[float] | None, with_masks: bool) -> dict[str, object]:
+        with lock:
+            image = load(path)
+            if image.is_volume:
+                if box is not None:
+                    raise RCMedInputError("box", "box prompts apply to 2-D images")
+                answer = predictor.predict_volume(image, prompt)
+            else:
+                predictor.set_image(image)
+                answer = predictor.predict(prompt, boxes=[box] if box else None)
+        data = predictor.answer_json(answer)
+        if with_masks:
+            for t, d in zip(answer.targets, data["targets"], strict=True):  # type: ignore[arg-type]
+                d["mask"] = None
+                d["mask_rle"] = rle_encode(t.mask) if t.mask is not None else None
+            data["image_png"], data["overlay_png"] = _overlay_png(image, answer)
+        return data
+
+    async def _handle(file: UploadFile, prompt: str, box: str | None, with_masks: bool):
+        if not queue.try_enter():
+            return _error(503, "inference queue full; retry later", {"Retry-After": "5"})
+        try:
+            if not prompt or not prompt.strip():
+                raise RCMedInputError("prompt", "empty prompt")
+            box_v = None
+            if box:
+                try:
+                    box_v = [float(v) for v in box.split(",")]
+                except ValueError:
+                    raise RCMedInputError("box", "box must be 'x0,y0,x1,y1'") from None
+                if len(box_v) != 4:
+                    raise RCMedInputError("box", "box must have four numbers x0,y0,x1,y1")
+            with tempfile.TemporaryDirectory(prefix="rcmed-req-") as tmp:
+                path = await _save_upload(file, Path(tmp))
+                loop = asyncio.get_running_loop()
+                fut = loop.run_in_executor(queue.executor, _infer, path, prompt, box_v, with_masks)
+                try:
+                    return await asyncio.wait_for(fut, timeout=cfg.timeout_s)
+                except asyncio.TimeoutError:
+                    return _error(504, f"inference took longer than {cfg.timeout_s:.0f} s")
+        except RCMedError as exc:
+            status = 413 if isinstance(exc, (LimitExceededError, ImageTooLargeError)) else 400
+            return _error(status, str(exc))
+        finally:
+            queue.leave()
+
+    @app.post("/v1/segment")
+    async def segment(file: UploadFile = File(...), prompt: str = Form(...), box: str | None = Form(None)):
+        """Segment what the prompt names. Returns answer.json fields plus `mask_rle` per target
+        and `overlay_png` (base64)."""
+        return await _handle(file, prompt, box, with_masks=True)
+
+    @app.post("/v1/ask")
+    async def ask(file: UploadFile = File(...), prompt: str = Form(...)):
+        """Ask about an image; returns the answer text and targets (no masks)."""
+        return await _handle(file, prompt, None, with_masks=False)
+
+    page = (Path(__file__).parent / "static" / "index.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    return app
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None) -> None:
+    import uvicorn
+
+    cfg = settings or ServeSettings()
+    cfg.token = cfg.token or os.environ.get("RCMED_TOKEN") or None
+    app = create_app(Predictor.from_pretrained(model), cfg)
+    uvicorn.run(app, host=host, port=port, log_level="info")

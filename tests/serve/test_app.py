@@ -1,0 +1,98 @@
+"""The HTTP API on the trained tiny model: answers, limits, auth, overload and bad input."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from rcmed.data.synth import synth
+from rcmed.io.normalize import normalize
+from rcmed.predictor import Predictor
+from rcmed.serve.app import ServeSettings, create_app, rle_decode, rle_encode
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_trained) -> Predictor:
+    return Predictor.from_pretrained(tiny_trained)
+
+
+def _client(predictor, **kw) -> TestClient:
+    return TestClient(create_app(predictor, ServeSettings(**kw)))
+
+
+def _png(seed: int = 2, size: int = 64) -> bytes:
+    ph = synth("ct", seed, size=size)
+    buf = io.BytesIO()
+    Image.fromarray((normalize(ph.image) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_rle_round_trip():
+    rng = np.random.default_rng(0)
+    for m in (rng.random((7, 9)) > 0.5, np.ones((3, 4), bool), np.zeros((2, 2), bool)):
+        np.testing.assert_array_equal(rle_decode(rle_encode(m)), m)
+
+
+def test_health_model_page_and_segment(predictor):
+    c = _client(predictor)
+    assert c.get("/v1/health").json() == {"status": "ok"}
+    info = c.get("/v1/model").json()
+    assert info["sha256"] == predictor.sha256 and info["card"]["config"] == "tiny"
+    assert "<title>RCMed</title>" in c.get("/").text
+    assert "/v1/segment" in c.get("/openapi.json").json()["paths"]
+    r = c.post("/v1/segment", files={"file": ("scan.png", _png(), "image/png")}, data={"prompt": "Segment the liver."})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    (t,) = d["targets"]
+    assert t["name"] == "liver" and t["present"]
+    mask = rle_decode(t["mask_rle"])
+    assert mask.shape == (64, 64) and mask.any() and d["overlay_png"] and d["image_png"]
+    r = c.post("/v1/ask", files={"file": ("scan.png", _png(), "image/png")}, data={"prompt": "Segment the tumour."})
+    assert r.status_code == 200 and r.json()["targets"][0]["present"] is False
+
+
+def test_bad_input_gets_4xx_and_the_server_keeps_serving(predictor):
+    c = _client(predictor, max_upload_bytes=200_000)
+    cases = [
+        ({"file": ("x.png", b"not a png at all", "image/png")}, {"prompt": "liver"}, 400),
+        ({"file": ("x.exe", b"MZ....", "application/octet-stream")}, {"prompt": "liver"}, 400),
+        ({"file": ("x.png", _png(), "image/png")}, {"prompt": "   "}, 400),
+        ({"file": ("x.png", _png(), "image/png")}, {"prompt": "liver " * 20000}, 400),
+        ({"file": ("x.png", b"\0" * 300_000, "image/png")}, {"prompt": "liver"}, 413),
+        ({"file": ("x.png", _png(), "image/png")}, {"prompt": "liver", "box": "1,2,3"}, 400),
+    ]
+    for files, data, status in cases:
+        r = c.post("/v1/segment", files=files, data=data)
+        assert r.status_code == status, (data, r.text)
+        assert "error" in r.json()
+    assert c.post("/v1/segment", files={"file": ("x.png", _png(), "image/png")}, data={"prompt": "Segment the liver."}).status_code == 200
+
+
+def test_zip_bomb_and_path_names_are_refused(predictor):
+    c = _client(predictor, max_unzipped_bytes=1_000_000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("../../etc/evil.dcm", b"\0" * 5_000_000)  # compresses to a few kB
+    r = c.post("/v1/segment", files={"file": ("series.zip", buf.getvalue(), "application/zip")}, data={"prompt": "liver"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def test_token_and_overload(predictor):
+    c = _client(predictor, token="s3cret", queue_size=1)
+    files = {"file": ("x.png", _png(), "image/png")}
+    assert c.post("/v1/segment", files=files, data={"prompt": "liver"}).status_code == 401
+    assert c.get("/v1/health").status_code == 200
+    ok = {"Authorization": "Bearer s3cret"}
+    queue = c.app.state.queue
+    assert queue.try_enter()  # occupy the only slot, as a long-running request would
+    try:
+        r = c.post("/v1/segment", files=files, data={"prompt": "liver"}, headers=ok)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    finally:
+        queue.leave()
+    assert c.post("/v1/segment", files=files, data={"prompt": "Segment the liver."}, headers=ok).status_code == 200
