@@ -164,7 +164,11 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.middleware("http")
-    async def auth(request: Request, call_next):
+    async def guard(request: Request, call_next):
+        # Refuse an announced oversize body before it is received (multipart overhead allowed).
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > cfg.max_upload_bytes + 2**20:
+            return _error(413, f"request body of {int(length):,} bytes; uploads are limited to {cfg.max_upload_bytes:,} bytes")
         if cfg.token and request.url.path.startswith("/v1/") and request.url.path != "/v1/health":
             if request.headers.get("authorization") != f"Bearer {cfg.token}":
                 return _error(401, "missing or wrong bearer token")

@@ -64,6 +64,7 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(predictor):
         ({"file": ("x.png", _png(), "image/png")}, {"prompt": "   "}, 400),
         ({"file": ("x.png", _png(), "image/png")}, {"prompt": "liver " * 20000}, 400),
         ({"file": ("x.png", b"\0" * 300_000, "image/png")}, {"prompt": "liver"}, 413),
+        ({"file": ("x.png", b"\0" * 3_000_000, "image/png")}, {"prompt": "liver"}, 413),
         ({"file": ("x.png", _png(), "image/png")}, {"prompt": "liver", "box": "1,2,3"}, 400),
     ]
     for files, data, status in cases:
