@@ -200,16 +200,34 @@ def segment(
 ) -> None:
     """Segment what the prompt names; write overlay, one mask per target and answer.json."""
     from rcmed.predictor import Predictor
-    from rcmed.segment_files import segment_file
+    from rcmed.segment_files import batch_inputs, segment_file
 
     predictor = Predictor.from_pretrained(model)
-    answer, data = segment_file(predictor, file, prompt, out, modality=modality,
-                                boxes=[list(box)] if box else None, fmt=fmt)
+    inputs = batch_inputs(file)
+    if inputs is None:  # one file or one DICOM series
+        answer, data = segment_file(predictor, file, prompt, out, modality=modality,
+                                    boxes=[list(box)] if box else None, fmt=fmt)
+        if as_json:
+            typer.echo(json.dumps(data))
+        else:
+            _summary(answer)
+            typer.echo(f"wrote {out}")
+        return
+    from tqdm import tqdm
+
+    results = {}
+    for path in tqdm(inputs, desc="segment", unit="file", disable=not sys.stderr.isatty()):
+        try:
+            _, data = segment_file(predictor, path, prompt, out / path.name.split(".")[0], modality=modality,
+                                   boxes=[list(box)] if box else None, fmt=fmt)
+            results[path.name] = data
+        except RCMedError as exc:  # one bad file does not stop the batch
+            results[path.name] = {"error": str(exc)}
     if as_json:
-        typer.echo(json.dumps(data))
+        typer.echo(json.dumps(results))
     else:
-        _summary(answer)
-        typer.echo(f"wrote {out}")
+        failed = sum("error" in d for d in results.values())
+        typer.echo(f"{len(results)} files, {failed} failed; results in {out}")
 
 
 @app.command()
@@ -227,6 +245,26 @@ def ask(
     predictor = Predictor.from_pretrained(model)
     predictor.set_image(file, modality=modality)
     answer = predictor.predict(question)
+    if as_json:
+        typer.echo(json.dumps(predictor.answer_json(answer)))
+    else:
+        _summary(answer)
+
+
+@app.command()
+@_friendly
+def describe(
+    file: Path = typer.Argument(..., help="Image file."),
+    model: str = typer.Option("default", "--model", help="Model folder (from rcmed train) or 'default'."),
+    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Modality when the file does not say it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Describe what the model sees in an image (its own words and the regions it names)."""
+    from rcmed.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(model)
+    predictor.set_image(file, modality=modality)
+    answer = predictor.predict("Describe what you see in this image.")
     if as_json:
         typer.echo(json.dumps(predictor.answer_json(answer)))
     else:

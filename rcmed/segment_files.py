@@ -14,6 +14,24 @@ from rcmed.io.slices import to_slices
 from rcmed.io.writers import write_dicom_seg, write_mask_png, write_nifti, write_overlay_png
 from rcmed.predictor import Answer, Predictor, save_answer_json
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".npz")
+
+
+def batch_inputs(path: Path) -> list[Path] | None:
+    """Files to process one by one when `path` is a folder of images (not one DICOM series);
+    None for a single file or a DICOM series folder."""
+    from rcmed.io.dicom import looks_like_dicom
+
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if files and all(looks_like_dicom(p) for p in files):
+        return None
+    images = [p for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
+    if not images:
+        raise RCMedInputError(path.name, "folder holds no images (and is not a DICOM series)")
+    return images
+
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "target"

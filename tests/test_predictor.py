@@ -90,3 +90,21 @@ def test_cli_segment_png_and_nifti(tiny_trained, tmp_path):
 def test_cli_segment_errors_are_one_line(tmp_path):
     res = runner.invoke(app, ["segment", str(tmp_path / "x.png"), "liver", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "default model is not trained yet" in res.output and "Traceback" not in res.output
+
+
+def test_cli_batch_folder_and_describe(tiny_trained, tmp_path):
+    from rcmed.io.normalize import normalize
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for s in range(2):
+        Image.fromarray((normalize(synth("ct", s, size=64).image) * 255).astype(np.uint8)).save(folder / f"ct{s}.png")
+    (folder / "broken.png").write_bytes(b"nope")
+    res = runner.invoke(app, ["segment", str(folder), "Segment the liver.", "--model", str(tiny_trained), "--out",
+                              str(tmp_path / "o"), "-m", "ct", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert set(d) == {"ct0.png", "ct1.png", "broken.png"} and "error" in d["broken.png"]
+    assert (tmp_path / "o" / "ct0" / "answer.json").is_file()
+    res = runner.invoke(app, ["describe", str(folder / "ct0.png"), "--model", str(tiny_trained), "-m", "ct", "--json"])
+    assert res.exit_code == 0 and "text" in json.loads(res.output)
