@@ -271,6 +271,24 @@ def describe(
         _summary(answer)
 
 
+@app.command("eval")
+@_friendly
+def eval_cmd(
+    model: Path = typer.Option(..., "--model", help="Model folder (from rcmed train)."),
+    data: Path = typer.Option(..., "--data", help="Triplet store to evaluate on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for cases.jsonl, tables (md/csv) and plots."),
+    split: str = typer.Option("test", help="Split to evaluate (by case)."),
+    baseline: list[str] = typer.Option([], "--baseline", help="Baselines on the same cases: litemedsam-box."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records (smoke runs)."),
+) -> None:
+    """Evaluate a model per task, modality and scale; baselines side by side."""
+    from rcmed.eval.harness import evaluate
+
+    report = evaluate(model, data, out, split=split, baselines=tuple(baseline), limit=limit, progress=sys.stderr.isatty())
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"{report.rows} questions over {report.cases} cases; results in {out}")
+
+
 @app.command()
 @_friendly
 def serve(

@@ -1,0 +1,266 @@
+"""`rcmed eval`: run a model (and baselines) over a triplet store split, stream per-case results,
+and aggregate per task, modality and scale with confidence intervals.
+
+Each record (a 2-D image or one slice of a case) is asked "Segment the {target}." for every
+target it names, present or absent. Rows are written to `cases.jsonl` as they are computed
+(memory stays flat in the number of records). Aggregation is per case first: the slices of one
+case are pooled into one mask pair per target before Dice is computed (volumetric Dice over the
+slices the store holds), then cases are averaged; confidence intervals are 95% bootstrap over
+cases. Baseline "litemedsam-box" is LiteMedSAM prompted with the true box (an oracle upper
+reference), run on the same records.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rcmed.data.store import iter_records, read_sample
+from rcmed.errors import RCMedInputError
+from rcmed.eval.metrics import dice, presence_metrics
+from rcmed.io.image import MedicalImage, affine_from_spacing, parse_modality
+from rcmed.io.normalize import normalize
+
+
+@dataclass
+class EvalReport:
+    rows: int
+    cases: int
+    tables: dict[str, list[dict[str, object]]]
+    out: Path
+
+
+def _scale(share: float, instance: bool) -> str:
+    return "cell" if instance else ("organ" if share >= 0.05 else "lesion")
+
+
+def training_cases(model_folder: Path) -> set[str]:
+    """Case ids the model was trained on, when its run folder records its training stores."""
+    run_cfg = model_folder.parent / "train.json"
+    if not run_cfg.is_file():
+        return set()
+    cfg = json.loads(run_cfg.read_text())
+    cases: set[str] = set()
+    for store in cfg.get("data", []):
+        p = Path(store) if Path(store).is_absolute() else (run_cfg.parent.parent / store)
+        if not (p / "store.json").is_file():
+            p = Path(store)
+        if (p / "store.json").is_file():
+            cases |= {r.case_id for r in iter_records(p, split=cfg.get("split"))}
+    return cases
+
+
+class LiteMedSAMBox:
+    """The oracle baseline: LiteMedSAM given the true box of each present target."""
+
+    name = "litemedsam-box"
+
+    def __init__(self) -> None:
+        from rcmed.model.medsam import LiteMedSAM
+
+        self.model = LiteMedSAM.from_pretrained()
+
+    def __call__(self, x: np.ndarray, true: np.ndarray) -> np.ndarray:
+        import torch
+
+        from rcmed.model.processing import postprocess_mask, prepare_image, prepare_mask
+
+        pix, geom = prepare_image(x, 256)
+        t = prepare_mask(true, geom)
+        ys, xs = torch.nonzero(t, as_tuple=True)
+        if ys.numel() == 0:
+            return np.zeros(true.shape, bool)
+        box = torch.tensor([[float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]])
+        with torch.inference_mode():
+            out = self.model.segment_boxes(self.model.encode(pix[None]), box)
+        return postprocess_mask(out.masks[0, 0], geom)
+
+
+def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str | None = "test",
+             baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True) -> EvalReport:
+    """Evaluate `model` (a folder) on `store`'s `split`; write cases.jsonl, tables and plots to `out`."""
+    from tqdm import tqdm
+
+    from rcmed.predictor import Predictor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(model)
+    records = list(iter_records(store, split=split)) if limit is None else []
+    if limit is not None:
+        for r in iter_records(store, split=split):
+            records.append(r)
+            if len(records) >= limit:
+                break
+    if not records:
+        raise RCMedInputError(str(store), f"no records in split {split!r}; split the store by case first (rcmed data split)")
+    leaked = training_cases(model_dir) & {r.case_id for r in records}
+    if leaked:
+        raise RCMedInputError(str(store), f"{len(leaked)} evaluation case(s) were used for training (e.g. {sorted(leaked)[0]!r}); "
+                                          "evaluate on cases the model never saw")
+    predictor = Predictor.from_pretrained(model_dir)
+    base = {"litemedsam-box": LiteMedSAMBox}
+    runners = {}
+    for b in baselines:
+        if b not in base:
+            raise RCMedInputError("--baseline", f"unknown baseline {b!r}; use one of {sorted(base)}")
+        runners[b] = base[b]()
+    # per (method, case, target): pooled voxel counts for case-level Dice
+    pooled: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    meta: dict[tuple[str, str], dict[str, object]] = {}
+    presence_p: list[float] = []
+    presence_y: list[int] = []
+    n_rows = 0
+    with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
+        for rec in tqdm(records, desc="eval", unit="rec", disable=not progress):
+            sample = read_sample(store, rec)
+            img = MedicalImage(array=sample.image, affine=affine_from_spacing(tuple(rec.spacing) if rec.spacing else None, 2),
+                               modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3,
+                               spacing_known=rec.spacing is not None)
+            predictor.set_image(img)
+            x = normalize(img)
+            targets = [(n, sample.masks[k]) for k, n in enumerate(rec.targets)] + [(n, None) for n in rec.absent]
+            if sample.instances is not None and rec.instance_target:
+                targets.append((rec.instance_target, sample.instances > 0))
+            for name, true in targets:
+                answer = predictor.predict(f"Segment the {name}.")
+                got = answer.targets[0] if answer.targets else None
+                p = got.presence if got is not None else 0.0
+                pred = got.mask if (got is not None and got.mask is not None) else np.zeros(sample.image.shape[:2], bool)
+                present = true is not None and bool(true.any())
+                presence_p.append(p)
+                presence_y.append(int(present))
+                row = {"record": rec.id, "case": rec.case_id, "modality": rec.modality, "body_region": rec.body_region,
+                       "target": name, "present": present, "presence": round(p, 4), "answer": answer.text}
+                if present:
+                    share = float(true.mean())
+                    key = (rec.modality, name)
+                    meta[key] = {"scale": _scale(share, name == rec.instance_target), "body_region": rec.body_region}
+                    row["dice"] = round(dice(pred, true), 4)
+                    for method, m in [("rcmed", pred)] + [(b, f(x, true)) for b, f in runners.items()]:
+                        acc = pooled[(method, rec.case_id, f"{rec.modality}|{name}")]
+                        acc[0] += int((m & true).sum())
+                        acc[1] += int(m.sum())
+                        acc[2] += int(true.sum())
+                        if method != "rcmed":
+                            row[f"dice_{method}"] = round(dice(m, true), 4)
+                fh.write(json.dumps(row) + "\n")
+                n_rows += 1
+    tables = _aggregate(pooled, meta, presence_p, presence_y)
+    _write_tables(out, tables)
+    _plot(out, tables)
+    return EvalReport(rows=n_rows, cases=len({r.case_id for r in records}), tables=tables, out=out)
+
+
+def _bootstrap_ci(values: list[float], seed: int = 0, n: int = 1000) -> tuple[float, float]:
+    if len(values) < 2:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    v = np.asarray(values)
+    means = v[rng.integers(0, len(v), (n, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _aggregate(pooled, meta, presence_p, presence_y) -> dict[str, list[dict[str, object]]]:
+    by_task: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for (method, _case, task), (inter, p, t) in pooled.items():
+        by_task[(method, *task.split("|", 1))].append(2 * inter / (p + t) if (p + t) else 1.0)
+    task_rows, mod_vals, scale_vals = [], defaultdict(list), defaultdict(list)
+    for (method, modality, target), vals in sorted(by_task.items()):
+        lo, hi = _bootstrap_ci(vals)
+        m = meta.get((modality, target), {})
+        task_rows.append({"method": method, "modality": modality, "body_region": m.get("body_region", ""), "target": target,
+                          "task": "segment", "scale": m.get("scale", ""), "cases": len(vals), "dice": round(float(np.mean(vals)), 4),
+                          "dice_ci_low": round(lo, 4), "dice_ci_high": round(hi, 4)})
+        mod_vals[(method, modality)] += vals
+        scale_vals[(method, m.get("scale", ""))] += vals
+    def rows(groups, key):
+        out = []
+        for (method, k), vals in sorted(groups.items()):
+            lo, hi = _bootstrap_ci(vals)
+            out.append({"method": method, key: k, "case_targets": len(vals), "dice": round(float(np.mean(vals)), 4),
+                        "dice_ci_low": round(lo, 4), "dice_ci_high": round(hi, 4)})
+        return out
+    acc, auc = presence_metrics(presence_p, presence_y)
+    return {"tasks": task_rows, "modalities": rows(mod_vals, "modality"), "scales": rows(scale_vals, "scale"),
+            "presence": [{"questions": len(presence_y), "absent": int(len(presence_y) - sum(presence_y)),
+                          "accuracy": round(acc, 4), "auroc": round(auc, 4) if auc == auc else None}],
+            "reliability": _reliability(presence_p, presence_y)}
+
+
+def _reliability(p: list[float], y: list[int], bins: int = 10) -> list[dict[str, object]]:
+    out = []
+    pa, ya = np.asarray(p), np.asarray(y)
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        m = (pa >= lo) & ((pa < hi) if b < bins - 1 else (pa <= hi))
+        if m.any():
+            out.append({"bin": f"{lo:.1f}-{hi:.1f}", "n": int(m.sum()), "mean_predicted": round(float(pa[m].mean()), 4),
+                        "fraction_present": round(float(ya[m].mean()), 4)})
+    return out
+
+
+def _write_tables(out: Path, tables: dict[str, list[dict[str, object]]]) -> None:
+    md = ["# RCMed evaluation", "",
+          "Dice is computed per case (slices of a case pooled) and averaged over cases; [low, high] is a 95% bootstrap "
+          "interval over cases. Both-empty masks count as Dice 1; absent targets are scored by presence only.", ""]
+    for name, rows in tables.items():
+        if not rows:
+            continue
+        with open(out / f"{name}.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        md += [f"## {name}", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        md += ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows]
+        md.append("")
+    tasks = {(r["modality"], r["target"]) for r in tables["tasks"]}
+    mods = {r["modality"] for r in tables["tasks"]}
+    failing = sorted(f"{r['modality']}/{r['target']}" for r in tables["tasks"] if r["method"] == "rcmed" and r["dice"] < 0.5)
+    md += [f"Covered: {len(tasks)} segmentation tasks over {len(mods)} modalities; below Dice 0.5: "
+           + (", ".join(failing) if failing else "none") + "."]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+
+
+def _plot(out: Path, tables: dict[str, list[dict[str, object]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = tables["modalities"]
+    if rows:
+        methods = sorted({r["method"] for r in rows})
+        mods = sorted({r["modality"] for r in rows})
+        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(mods)), 3.5))
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            vals = [next((r for r in rows if r["method"] == m and r["modality"] == mod), None) for mod in mods]
+            xs = np.arange(len(mods)) + i * width
+            ys = [v["dice"] if v else 0 for v in vals]
+            err = [[max(0, v["dice"] - v["dice_ci_low"]) if v and v["dice_ci_low"] == v["dice_ci_low"] else 0 for v in vals],
+                   [max(0, v["dice_ci_high"] - v["dice"]) if v and v["dice_ci_high"] == v["dice_ci_high"] else 0 for v in vals]]
+            ax.bar(xs, ys, width, yerr=err, label=m, capsize=3)
+        ax.set_xticks(np.arange(len(mods)) + 0.4 - width / 2, mods)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("Dice (per case)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "dice_by_modality.png", dpi=110)
+        plt.close(fig)
+    rel = tables["reliability"]
+    if rel:
+        fig, ax = plt.subplots(figsize=(3.5, 3.5))
+        ax.plot([0, 1], [0, 1], "--", color="grey")
+        ax.plot([r["mean_predicted"] for r in rel], [r["fraction_present"] for r in rel], "o-")
+        ax.set_xlabel("predicted presence")
+        ax.set_ylabel("fraction present")
+        fig.tight_layout()
+        fig.savefig(out / "presence_reliability.png", dpi=110)
+        plt.close(fig)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rcmed.cli import app
+from rcmed.data.split import split_by_case
+from rcmed.data.synth import synth_store
+from rcmed.errors import RCMedInputError
+from rcmed.eval.harness import evaluate
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalstore")
+    synth_store(str(root / "st"), "ct", 6, seed=11, size=64, progress=False)
+    split_by_case(root / "st", {"train": 0.5, "test": 0.5}, seed=0)
+    return root / "st"
+
+
+def test_eval_writes_cases_tables_plots_with_baseline(tiny_trained, store, tmp_path):
+    rep = evaluate(tiny_trained, store, tmp_path / "ev", split="test", baselines=("litemedsam-box",), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "cases.jsonl").read_text().splitlines()]
+    assert rep.rows == len(rows) > 0 and rep.cases == 3
+    assert {"liver", "body"} <= {r["target"] for r in rows}
+    liver = [r for r in rows if r["target"] == "liver"]
+    assert all(0.0 <= r["dice"] <= 1.0 and "dice_litemedsam-box" in r for r in liver)
+    methods = {r["method"] for r in rep.tables["tasks"]}
+    assert methods == {"rcmed", "litemedsam-box"}
+    liver_task = next(r for r in rep.tables["tasks"] if r["method"] == "rcmed" and r["target"] == "liver")
+    assert liver_task["cases"] == 3 and liver_task["scale"] == "organ"
+    assert rep.tables["presence"][0]["questions"] == len(rows)
+    for f in ("report.md", "tasks.csv", "modalities.csv", "dice_by_modality.png", "presence_reliability.png"):
+        assert (tmp_path / "ev" / f).is_file(), f
+    assert "segmentation tasks over 1 modalities" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_eval_refuses_cases_used_for_training(tiny_trained, store, tmp_path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        (run / "model" / f).write_bytes((tiny_trained / f).read_bytes())
+    (run / "train.json").write_text(json.dumps({"data": [str(store)], "split": None}))
+    with pytest.raises(RCMedInputError, match="used for training"):
+        evaluate(run / "model", store, tmp_path / "ev", split="test", progress=False)
+
+
+def test_eval_cli(tiny_trained, store, tmp_path):
+    res = CliRunner().invoke(app, ["eval", "--model", str(tiny_trained), "--data", str(store), "--out", str(tmp_path / "o"),
+                                   "--limit", "4"])
+    assert res.exit_code == 0, res.output
+    assert "RCMed evaluation" in res.output
+    res = CliRunner().invoke(app, ["eval", "--model", str(tiny_trained), "--data", str(store), "--out", str(tmp_path / "p"),
+                                   "--split", "val"])
+    assert res.exit_code == 2 and "no records in split 'val'" in res.output
