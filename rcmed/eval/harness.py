@@ -35,8 +35,15 @@ class EvalReport:
     out: Path
 
 
-def _scale(share: float, instance: bool) -> str:
-    return "cell" if instance else ("organ" if share >= 0.05 else "lesion")
+_LESION_WORDS = ("lesion", "tumour", "tumor", "nodule", "polyp", "cyst", "mass", "metasta", "pneumothorax", "oedema", "edema")
+
+
+def _scale(name: str, instance: bool) -> str:
+    """organ, lesion or cell: instances are cells; lesion words name lesions; the rest are organs
+    and anatomical structures."""
+    if instance:
+        return "cell"
+    return "lesion" if any(w in name.lower() for w in _LESION_WORDS) else "organ"
 
 
 def training_cases(model_folder: Path) -> set[str]:
@@ -138,9 +145,8 @@ def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str |
                 row = {"record": rec.id, "case": rec.case_id, "modality": rec.modality, "body_region": rec.body_region,
                        "target": name, "present": present, "presence": round(p, 4), "answer": answer.text}
                 if present:
-                    share = float(true.mean())
                     key = (rec.modality, name)
-                    meta[key] = {"scale": _scale(share, name == rec.instance_target), "body_region": rec.body_region}
+                    meta[key] = {"scale": _scale(name, name == rec.instance_target), "body_region": rec.body_region}
                     row["dice"] = round(dice(pred, true), 4)
                     for method, m in [("rcmed", pred)] + [(b, f(x, true)) for b, f in runners.items()]:
                         acc = pooled[(method, rec.case_id, f"{rec.modality}|{name}")]
