@@ -19,28 +19,38 @@ from rcmed.model.vision import TinyViT, TinyViTConfig, VisionFeatures
 RCMED_DECODER_KEYS = ("fine_skip.", "presence_head.", "box_head.")
 
 
+def build_sam_parts(cfg: TinyViTConfig) -> tuple[TinyViT, PromptEncoder, MaskDecoder]:
+    """Encoder, prompt encoder and decoder sized for `cfg` (LiteMedSAM's sizes for the default)."""
+    emb = cfg.img_size // 4
+    big = cfg.neck_dim == 256
+    return (TinyViT(cfg), PromptEncoder(cfg.neck_dim, (emb, emb), (cfg.img_size, cfg.img_size)),
+            MaskDecoder(cfg.neck_dim, fine_dim=cfg.embed_dims[1], mlp_dim=2048 if big else cfg.neck_dim * 2,
+                        num_heads=8 if big else 4))
+
+
+def load_litemedsam_into(module: nn.Module, path: str | Path | None = None) -> None:
+    """Load the LiteMedSAM checkpoint into a module holding `image_encoder`, `prompt_encoder` and
+    `mask_decoder`; every checkpoint tensor must land, and only RCMed's additions may stay new."""
+    from rcmed.model.pretrained import load_litemedsam
+
+    missing, unexpected = module.load_state_dict(load_litemedsam(Path(path) if path else None), strict=False)
+    sam = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+    added = tuple("mask_decoder." + p for p in RCMED_DECODER_KEYS)
+    bad = [k for k in missing if k.startswith(sam) and not k.startswith(added)]
+    if bad or unexpected:
+        raise RuntimeError(f"LiteMedSAM checkpoint does not map onto the modules: missing {bad[:5]}, unexpected {unexpected[:5]}")
+
+
 class LiteMedSAM(nn.Module):
     def __init__(self, vision: TinyViTConfig | None = None) -> None:
         super().__init__()
-        cfg = vision or TinyViTConfig()
-        self.image_encoder = TinyViT(cfg)
-        emb = cfg.img_size // 4
-        self.prompt_encoder = PromptEncoder(cfg.neck_dim, (emb, emb), (cfg.img_size, cfg.img_size))
-        self.mask_decoder = MaskDecoder(cfg.neck_dim, fine_dim=cfg.embed_dims[1],
-                                        mlp_dim=2048 if cfg.neck_dim == 256 else cfg.neck_dim * 2,
-                                        num_heads=8 if cfg.neck_dim == 256 else 4)
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = build_sam_parts(vision or TinyViTConfig())
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> "LiteMedSAM":
         """Build and load the LiteMedSAM checkpoint (fetched and verified on first use)."""
-        from rcmed.model.pretrained import load_litemedsam
-
         model = cls()
-        state = load_litemedsam(Path(path) if path else None)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(tuple("mask_decoder." + p for p in RCMED_DECODER_KEYS))]
-        if missing or unexpected:
-            raise RuntimeError(f"LiteMedSAM checkpoint does not map onto the modules: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_litemedsam_into(model, path)
         return model.eval()
 
     def encode(self, image: torch.Tensor) -> VisionFeatures:

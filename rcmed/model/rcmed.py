@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcmed.model.config import RCMedConfig
+from rcmed.model.config import SPECIAL_TOKENS, RCMedConfig
 from rcmed.model.correlation import RegionPooler, SegQuery
-from rcmed.model.decoder import DecoderOutput, MaskDecoder
+from rcmed.model.decoder import DecoderOutput
 from rcmed.model.language import build_language_model
 from rcmed.model.losses import rcmed_loss
+from rcmed.model.medsam import build_sam_parts, load_litemedsam_into
 from rcmed.model.processing import Processor
-from rcmed.model.prompt import PromptEncoder
-from rcmed.model.vision import TinyViT, VisionFeatures
+from rcmed.model.vision import VisionFeatures
 
 
 @dataclass
@@ -72,21 +72,9 @@ class RCMedModel(nn.Module):
         super().__init__()
         self.config = cfg = config
         v = cfg.vision
-        self.image_encoder = TinyViT(v)
-        emb_hw = v.img_size // 4
-        self.prompt_encoder = PromptEncoder(v.neck_dim, (emb_hw, emb_hw), (v.img_size, v.img_size))
-        big = v.neck_dim == 256
-        self.mask_decoder = MaskDecoder(v.neck_dim, fine_dim=v.embed_dims[1], mlp_dim=2048 if big else v.neck_dim * 2,
-                                        num_heads=8 if big else 4)
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = build_sam_parts(v)
         if cfg.pretrained_vision:
-            from rcmed.model.medsam import RCMED_DECODER_KEYS
-            from rcmed.model.pretrained import load_litemedsam
-
-            missing, unexpected = self.load_state_dict(load_litemedsam(), strict=False)
-            bad = [k for k in missing if k.startswith(("image_encoder.", "prompt_encoder."))
-                   or (k.startswith("mask_decoder.") and not k.startswith(tuple("mask_decoder." + p for p in RCMED_DECODER_KEYS)))]
-            if bad or unexpected:
-                raise RuntimeError(f"LiteMedSAM weights do not map: missing {bad[:4]}, unexpected {unexpected[:4]}")
+            load_litemedsam_into(self)
         self.lm, self.tokenizer = build_language_model(cfg)
         hidden = self.lm.get_input_embeddings().weight.shape[1]
         self.projector = nn.Sequential(nn.Linear(v.neck_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
@@ -112,7 +100,7 @@ class RCMedModel(nn.Module):
             emb = self.lm.get_input_embeddings().weight
             emb.requires_grad_(True)  # only the special-token rows learn: others get a zero gradient
             rows = torch.zeros(emb.shape[0], 1)
-            rows[self.tokenizer.convert_tokens_to_ids(["<image>", "<seg>", "<region>", "<box>"])] = 1.0
+            rows[self.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))] = 1.0
             emb.register_hook(lambda g, r=rows: g * r.to(g.device, g.dtype))
         if cfg.lora_rank > 0:
             from peft import LoraConfig, get_peft_model
@@ -292,7 +280,7 @@ class RCMedModel(nn.Module):
             if not p.requires_grad:
                 continue
             if self.config.freeze_lm and name.endswith("embed_tokens.weight"):
-                ids = self.tokenizer.convert_tokens_to_ids(["<image>", "<seg>", "<region>", "<box>"])
+                ids = self.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
                 state["special_token_rows"] = p.detach()[ids].clone()
                 continue
             state[name] = p.detach().clone()
@@ -322,16 +310,20 @@ class RCMedModel(nn.Module):
         folder = Path(folder)
         cfg = RCMedConfig.from_json((folder / "config.json").read_text())
         model = cls(cfg)
-        state = load_file(str(folder / "model.safetensors"))
-        rows = state.pop("special_token_rows", None)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise RuntimeError(f"{folder}: unexpected weights {unexpected[:5]}")
-        if rows is not None:
-            ids = model.tokenizer.convert_tokens_to_ids(["<image>", "<seg>", "<region>", "<box>"])
-            with torch.no_grad():
-                model.lm.get_input_embeddings().weight[ids] = rows
+        model.load_trainable(dict(load_file(str(folder / "model.safetensors"))))
         return model.eval()
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what `trainable_state_dict` saved (over the pretrained or random base)."""
+        state = dict(state)
+        rows = state.pop("special_token_rows", None)
+        _, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"weights the model does not have: {unexpected[:5]}")
+        if rows is not None:
+            ids = self.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+            with torch.no_grad():
+                self.lm.get_input_embeddings().weight[ids] = rows
 
 
 def _clean(text: str) -> str:

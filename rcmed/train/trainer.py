@@ -106,7 +106,7 @@ class Trainer:
             raise ValueError(f"{self.run}: no checkpoint to resume from")
         if ckpt is not None:
             weights, meta = load_checkpoint(ckpt, optimizer, scheduler)
-            _assign(model, weights)
+            model.load_trainable(weights)
             step, positions = meta["step"], meta["positions"]
             acc.print(f"resuming {self.run.name} at step {step}")
         model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
@@ -188,24 +188,13 @@ class Trainer:
         return self.run / "model"
 
 
-def _assign(model: RCMedModel, weights: dict[str, torch.Tensor]) -> None:
-    rows = weights.pop("special_token_rows", None)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected:
-        raise ValueError(f"checkpoint holds weights the model lacks: {unexpected[:5]}")
-    if rows is not None:
-        ids = model.tokenizer.convert_tokens_to_ids(["<image>", "<seg>", "<region>", "<box>"])
-        with torch.no_grad():
-            model.lm.get_input_embeddings().weight[ids] = rows
-
-
 def _load_trainable(model: RCMedModel, folder: Path) -> None:
     """Start from a previous stage: a model folder (model.safetensors) or a checkpoint folder."""
     from safetensors.torch import load_file
 
     for name in ("model.safetensors", "weights.safetensors", "model/model.safetensors"):
         if (folder / name).is_file():
-            _assign(model, dict(load_file(str(folder / name))))
+            model.load_trainable(dict(load_file(str(folder / name))))
             return
     raise ValueError(f"{folder}: no model.safetensors or weights.safetensors to start from")
 
