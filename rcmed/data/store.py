@@ -403,10 +403,12 @@ class ShardStream:
 
     def __iter__(self) -> Iterator[Sample]:
         mine = 0
+        self.n_mine = 0  # this rank's samples in the whole stream, skipped ones included (final after iteration)
         for n, entry in enumerate(self._order()):
             if n % self.world_size != self.rank:
                 continue
             mine += 1
+            self.n_mine = mine
             if mine <= self.start:
                 continue
             rec = entry.record

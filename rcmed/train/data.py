@@ -50,20 +50,24 @@ def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, ran
                    split: str | None = "train", buffer: int = 64) -> Iterator[tuple[int, str, Example]]:
     """Endless (position, record id, example) stream over the stores, epoch after epoch, deterministic for a
     seed; `start` skips that many samples of this rank (resume)."""
-    position = 0
+    base = 0  # this rank's samples in the streams already passed (consumed or skipped)
     epoch = 0
     while True:
-        yielded = False
+        seen_any = False
         for store in stores:
-            stream = ShardStream(store, split=split, seed=seed, epoch=epoch, buffer=buffer, rank=rank, world_size=world_size)
+            skip = max(0, start - base)
+            # ShardStream skips `skip` samples by reading tar headers only (no pixels decoded).
+            stream = ShardStream(store, split=split, seed=seed, epoch=epoch, buffer=buffer, start=skip, rank=rank,
+                                 world_size=world_size)
+            j = skip
             for sample in stream:
-                position += 1
-                yielded = True
-                if position <= start:
-                    continue
-                rng = random.Random(seed * 1_000_003 + position)
+                j += 1
+                rng = random.Random(seed * 1_000_003 + base + j)
                 for ex in sample_examples(sample, stage, rng):
-                    yield position, sample.record.id, ex
-        if not yielded:
+                    yield base + j, sample.record.id, ex
+            n = getattr(stream, "n_mine", 0)
+            seen_any = seen_any or n > 0
+            base += n
+        if not seen_any:
             raise ValueError(f"no training samples in {stores} (split {split!r}, rank {rank}/{world_size})")
         epoch += 1

@@ -90,3 +90,13 @@ def test_torchrun_two_cpu_ranks_see_different_data_and_end_identical(built, tmp_
     first0, first1 = set(r0["records_seen"][:8]), set(r1["records_seen"][:8])
     assert first0.isdisjoint(first1) and len(first0 | first1) == 16
     assert r0["params_checksum"] == r1["params_checksum"]  # DDP kept the replicas identical
+
+
+def test_stream_resumes_at_the_same_sample_without_decoding_skipped_ones(built):
+    from itertools import islice
+
+    from rcmed.train.data import example_stream
+
+    full = [(p, r) for p, r, _ in islice(example_stream([str(built)], "ground", 5, split="train"), 40)]
+    resumed = [(p, r) for p, r, _ in islice(example_stream([str(built)], "ground", 5, start=21, split="train"), 10)]
+    assert resumed == [x for x in full if x[0] > 21][:10]  # crosses into the second epoch too
