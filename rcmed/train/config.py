@@ -39,6 +39,7 @@ class TrainConfig:
     log_every: int = 1
     shuffle_buffer: int = 64
     deterministic: bool = True  # torch deterministic kernels: a resumed run ends bit-identical
+    tensorboard: bool = True  # also log every metric to RUN/tensorboard
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

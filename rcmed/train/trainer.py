@@ -6,6 +6,7 @@ Run folder layout::
 
     RUN/train.json              the TrainConfig
     RUN/metrics.csv             one row per optimizer step: losses, lr, step and data seconds
+    RUN/tensorboard/            the same, for TensorBoard
     RUN/checkpoints/step-N/     weights + optimizer + scheduler + RNG + data positions (atomic)
     RUN/model/                  the trained model (`RCMedModel.from_pretrained` reads it)
     RUN/loss.png                loss curve, written at the end
@@ -120,7 +121,12 @@ class Trainer:
         metrics_path = self.run / "metrics.csv"
         new_file = not metrics_path.exists()
         writer = None
+        tb = None
         if acc.is_main_process:
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                tb = SummaryWriter(str(self.run / "tensorboard"), purge_step=step + 1 if step else None)
             fh = open(metrics_path, "a", newline="")
             writer = csv.writer(fh)
             if new_file:
@@ -161,6 +167,12 @@ class Trainer:
                                  round(step_s, 4), round(data_s, 4),
                                  round(cfg.batch_size * cfg.grad_accum * acc.num_processes / step_s, 2)])
                 fh.flush()
+                if tb is not None:
+                    for k in LOSS_KEYS:
+                        tb.add_scalar(f"loss/{k}", sums[k], step)
+                    tb.add_scalar("lr", scheduler.get_last_lr()[0], step)
+                    tb.add_scalar("time/step_s", step_s, step)
+                    tb.add_scalar("time/data_s", data_s, step)
             bar.set_postfix(loss=f"{sums['loss']:.3f}", step_s=f"{step_s:.2f}")
             bar.update(1)
             if step % cfg.save_every == 0 or step == cfg.steps:
@@ -181,6 +193,8 @@ class Trainer:
                                                              "params_checksum": weights_checksum(params)}))
         if acc.is_main_process:
             fh.close()
+            if tb is not None:
+                tb.close()
             core.save_pretrained(self.run / "model")
             plot_losses(metrics_path, self.run / "loss.png")
         acc.wait_for_everyone()

@@ -52,6 +52,11 @@ def test_run_writes_metrics_checkpoints_model_and_plot(built, tmp_path):
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,loss,lm") and len(rows) == 9
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000004", "step-0000008"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/loss")] == list(range(1, 9))
 
 
 def test_sigkill_then_resume_reaches_the_same_weights(built, tmp_path):
