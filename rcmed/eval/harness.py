@@ -88,6 +88,36 @@ class LiteMedSAMBox:
         return postprocess_mask(out.masks[0, 0], geom)
 
 
+class OtsuWatershed:
+    """The classical baseline for cells and nuclei: Otsu threshold (foreground = the minority
+    side, so dark H&E nuclei and bright fluorescent ones both work), distance transform, local
+    maxima as markers, watershed. Applies to instance targets only."""
+
+    name = "otsu-watershed"
+    instance_only = True
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        from scipy import ndimage as ndi
+        from skimage.feature import peak_local_max
+        from skimage.filters import threshold_otsu
+        from skimage.segmentation import watershed
+
+        g = x if x.ndim == 2 else x[..., :3].mean(axis=-1)
+        if float(g.max() - g.min()) < 1e-6:
+            return np.zeros(g.shape, np.int32)
+        fg = g > threshold_otsu(g)
+        if fg.mean() > 0.5:
+            fg = ~fg
+        dist = ndi.distance_transform_edt(fg)
+        peaks = peak_local_max(dist, min_distance=3, labels=ndi.label(fg)[0])
+        markers = np.zeros(g.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        return watershed(-dist, markers, mask=fg).astype(np.int32)
+
+    def __call__(self, x: np.ndarray, true: np.ndarray) -> np.ndarray:
+        return self.labels(x) > 0
+
+
 def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str | None = "test",
              baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True) -> EvalReport:
     """Evaluate `model` (a folder) on `store`'s `split`; write cases.jsonl, tables and plots to `out`."""
@@ -111,7 +141,7 @@ def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str |
         raise RCMedInputError(str(store), f"{len(leaked)} evaluation case(s) were used for training (e.g. {sorted(leaked)[0]!r}); "
                                           "evaluate on cases the model never saw")
     predictor = Predictor.from_pretrained(model_dir)
-    base = {"litemedsam-box": LiteMedSAMBox}
+    base = {"litemedsam-box": LiteMedSAMBox, "otsu-watershed": OtsuWatershed}
     runners = {}
     for b in baselines:
         if b not in base:
@@ -145,10 +175,22 @@ def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str |
                 row = {"record": rec.id, "case": rec.case_id, "modality": rec.modality, "body_region": rec.body_region,
                        "target": name, "present": present, "presence": round(p, 4), "answer": answer.text}
                 if present:
+                    is_inst = name == rec.instance_target
                     key = (rec.modality, name)
-                    meta[key] = {"scale": _scale(name, name == rec.instance_target), "body_region": rec.body_region}
+                    meta[key] = {"scale": _scale(name, is_inst), "body_region": rec.body_region}
                     row["dice"] = round(dice(pred, true), 4)
-                    for method, m in [("rcmed", pred)] + [(b, f(x, true)) for b, f in runners.items()]:
+                    methods = [("rcmed", pred)] + [(b, f(x, true)) for b, f in runners.items()
+                                                   if is_inst or not getattr(f, "instance_only", False)]
+                    if is_inst:
+                        from scipy import ndimage as ndi
+
+                        from rcmed.eval.metrics import match_instances
+
+                        row["ap50"] = round(match_instances(ndi.label(pred)[0], sample.instances, 0.5).ap, 4)
+                        if "otsu-watershed" in runners:
+                            ow = runners["otsu-watershed"].labels(x)
+                            row["ap50_otsu-watershed"] = round(match_instances(ow, sample.instances, 0.5).ap, 4)
+                    for method, m in methods:
                         acc = pooled[(method, rec.case_id, f"{rec.modality}|{name}")]
                         acc[0] += int((m & true).sum())
                         acc[1] += int(m.sum())
