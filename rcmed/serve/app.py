@@ -125,28 +125,29 @@ def _extract_series(zip_path: Path, dest: Path, settings: ServeSettings) -> Path
     return folder
 
 
-def _overlay_png(image, answer: Answer) -> tuple[str, str]:
-    """(image PNG, image-with-masks PNG), base64; the middle axial slice of a volume."""
+def _overlay_pngs(image, answer: Answer, max_slices: int = 64) -> tuple[list[str], list[str]]:
+    """Base64 PNGs of the image and of the image with masks: one for a 2-D image, one per axial
+    slice for a volume (evenly subsampled to at most `max_slices`, for the page's slice slider)."""
     from PIL import Image
 
     from rcmed.io.normalize import normalize
     from rcmed.io.slices import to_slices
     from rcmed.overlay import paint
 
-    masks = [t.mask for t in answer.targets if t.mask is not None]
-    if image.is_volume:
-        stack = to_slices(image)
-        mid = len(stack) // 2
-        base = normalize(image.with_array(stack.slices))[mid]
-        masks = [to_slices(image.with_array(m)).slices[mid] for m in masks]
-    else:
-        base = normalize(image)
     def png(rgb: np.ndarray) -> str:
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
         return base64.b64encode(buf.getvalue()).decode()
 
-    return png(paint(base, [])), png(paint(base, masks, alpha=0.6))
+    masks = [t.mask for t in answer.targets if t.mask is not None]
+    if not image.is_volume:
+        base = normalize(image)
+        return [png(paint(base, []))], [png(paint(base, masks, alpha=0.6))]
+    stack = to_slices(image)
+    norm = normalize(image.with_array(stack.slices))
+    mstacks = [to_slices(image.with_array(m)).slices for m in masks]
+    picks = np.unique(np.linspace(0, len(stack) - 1, min(len(stack), max_slices)).round().astype(int))
+    return ([png(paint(norm[k], [])) for k in picks], [png(paint(norm[k], [m[k] for m in mstacks], alpha=0.6)) for k in picks])
 
 
 def create_app(predictor: Predictor, settings: ServeSettings | None = None):
@@ -213,7 +214,11 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
             for t, d in zip(answer.targets, data["targets"], strict=True):  # type: ignore[arg-type]
                 d["mask"] = None
                 d["mask_rle"] = rle_encode(t.mask) if t.mask is not None else None
-            data["image_png"], data["overlay_png"] = _overlay_png(image, answer)
+            images, overlays = _overlay_pngs(image, answer)
+            # one PNG each for a 2-D image; for a volume, lists over axial slices (middle one first)
+            data["image_png"], data["overlay_png"] = images[len(images) // 2], overlays[len(overlays) // 2]
+            if image.is_volume:
+                data["slices"] = {"image_png": images, "overlay_png": overlays}
         return data
 
     async def _handle(file: UploadFile, prompt: str, box: str | None, with_masks: bool):

@@ -97,3 +97,23 @@ def test_token_and_overload(predictor):
     finally:
         queue.leave()
     assert c.post("/v1/segment", files=files, data={"prompt": "Segment the liver."}, headers=ok).status_code == 200
+
+
+def test_dicom_series_zip_and_nifti_volume(predictor, ct_series, tmp_path):
+    folder, hu = ct_series
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in folder.iterdir():
+            zf.write(f, arcname=f"nested/dir/{f.name}")
+    c = _client(predictor)
+    r = c.post("/v1/segment", files={"file": ("study.zip", buf.getvalue(), "application/zip")}, data={"prompt": "Segment the liver."})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert len(d["slices"]["image_png"]) == hu.shape[0]
+    for t in d["targets"]:
+        if t["mask_rle"] is not None:
+            assert tuple(t["mask_rle"]["size"]) == hu.shape  # in the series' own voxel order
+    from tests.conftest import PHI
+
+    for value in PHI.values():  # no patient data in the response (values chosen outside the base64 alphabet)
+        assert value not in r.text
