@@ -49,6 +49,7 @@ class Target:
     mask: np.ndarray | None = None
     box: list[int] | None = None
     components: int | None = None
+    instances: np.ndarray | None = None  # int32 label map of the mask's connected components
     area_px: int | None = None
     area_mm2: float | None = None
     volume_ml: float | None = None
@@ -118,14 +119,18 @@ class Predictor:
         with torch.inference_mode():
             self._feats = self.model.encode(self._pixels[None])
 
-    def predict(self, prompt: str, boxes: list[list[float]] | None = None, max_new_tokens: int | None = None) -> Answer:
+    def predict(self, prompt: str, points: list[list[float]] | None = None, boxes: list[list[float]] | None = None,
+                point_labels: list[int] | None = None, max_new_tokens: int | None = None) -> Answer:
         """Answer `prompt` about the image of `set_image`. `boxes`: source-pixel [x0, y0, x1, y1],
-        one for all targets or one per target."""
+        one for all targets or one per target; `points`: source-pixel [x, y] shared by all targets,
+        with `point_labels` 1 (inside, the default) or 0 (outside)."""
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
         model_boxes = None if boxes is None else self._boxes_to_model(boxes)
-        gen = self.model.generate(self._pixels[None], prompt, feats=self._feats, max_new_tokens=max_new_tokens, boxes=model_boxes)
+        model_points = None if points is None else self._points_to_model(points, point_labels)
+        gen = self.model.generate(self._pixels[None], prompt, feats=self._feats, max_new_tokens=max_new_tokens,
+                                  boxes=model_boxes, points=model_points)
         spacing = self._image.spacing
         targets = []
         for t in gen.targets:
@@ -134,12 +139,26 @@ class Predictor:
             if mask is not None and not mask.any():
                 mask, present = None, False  # "present" with an empty mask is reported as not found
             area = int(mask.sum()) if mask is not None else None
+            labels, n_comp = ndi.label(mask) if mask is not None else (None, None)
             targets.append(Target(
                 name=t.name, present=present, score=t.score, presence=t.presence, mask=mask,
                 box=_mask_box(mask) if mask is not None else None,
-                components=int(ndi.label(mask)[1]) if mask is not None else None, area_px=area,
+                components=None if n_comp is None else int(n_comp),
+                instances=None if labels is None else labels.astype(np.int32), area_px=area,
                 area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None))
         return Answer(text=gen.text, targets=targets)
+
+    def _points_to_model(self, points: list[list[float]], labels: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        geom = self._geom
+        assert geom is not None
+        p = torch.as_tensor(np.asarray(points, dtype=np.float32)).reshape(1, -1, 2)
+        h, w = geom.source_hw
+        if (p < 0).any() or (p[..., 0] >= w).any() or (p[..., 1] >= h).any():
+            raise RCMedInputError("points", f"points {p[0].tolist()} fall outside the {w}x{h} image; use x y pixels")
+        lab = torch.ones(p.shape[:2]) if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32)).reshape(1, -1)
+        if lab.shape[1] != p.shape[1] or not torch.isin(lab, torch.tensor([0.0, 1.0])).all():
+            raise RCMedInputError("point_labels", "give one label (1 inside, 0 outside) per point")
+        return p * (geom.resized_hw[0] / h), lab
 
     def _boxes_to_model(self, boxes: list[list[float]]) -> torch.Tensor:
         geom = self._geom

@@ -108,3 +108,17 @@ def test_cli_batch_folder_and_describe(tiny_trained, tmp_path):
     assert (tmp_path / "o" / "ct0" / "answer.json").is_file()
     res = runner.invoke(app, ["describe", str(folder / "ct0.png"), "--model", str(tiny_trained), "-m", "ct", "--json"])
     assert res.exit_code == 0 and "text" in json.loads(res.output)
+
+
+def test_point_prompts_and_instance_maps(predictor):
+    ph = synth("ct", 3, size=64)
+    predictor.set_image(ph.image)
+    plain = predictor.predict("Segment the liver.")
+    pointed = predictor.predict("Segment the liver.", points=[[20, 25], [50, 50]], point_labels=[1, 0])
+    assert pointed.targets and pointed.targets[0].name == "liver"
+    assert not np.array_equal(plain.targets[0].mask, pointed.targets[0].mask) or \
+        plain.targets[0].score != pointed.targets[0].score  # the points reach the decoder
+    t = plain.targets[0]
+    assert t.instances.shape == t.mask.shape and t.instances.max() == t.components
+    with pytest.raises(RCMedInputError, match="outside the 64x64 image"):
+        predictor.predict("Segment the liver.", points=[[70, 5]])

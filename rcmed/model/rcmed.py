@@ -139,12 +139,17 @@ class RCMedModel(nn.Module):
         return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, output_hidden_states=True)
 
     def decode(self, feats: VisionFeatures, queries: torch.Tensor, image_index: torch.Tensor,
-               prev_logits: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> DecoderOutput:
+               prev_logits: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+               points: tuple[torch.Tensor, torch.Tensor] | None = None) -> DecoderOutput:
         """Decode K targets in one pass. queries (K, C); prev_logits (K, S, S) from the previous
         round become the dense (mask) prompt; boxes (K, 4) optional pixel x0, y0, x1, y1 in the
-        model input, added as SAM box tokens next to each target's text query."""
+        model input, added as SAM box tokens next to each target's text query; points ((K, P, 2)
+        pixel x, y; (K, P) labels 1 = inside, 0 = outside) are added as SAM point tokens."""
         k = queries.shape[0]
         sparse = queries[:, None, :]
+        if points is not None:
+            sparse = torch.cat([sparse, self.prompt_encoder._embed_points(points[0].float(), points[1].float(),
+                                                                          pad=boxes is None)], dim=1)
         if boxes is not None:
             sparse = torch.cat([sparse, self.prompt_encoder._embed_boxes(boxes.to(queries.dtype))], dim=1)
         if prev_logits is not None:
@@ -159,16 +164,16 @@ class RCMedModel(nn.Module):
 
     def _rounds(self, feats: VisionFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 visual: torch.Tensor, first_hidden: torch.Tensor, rounds: int,
-                boxes: torch.Tensor | None = None) -> list[DecoderOutput]:
+                boxes: torch.Tensor | None = None, points=None) -> list[DecoderOutput]:
         """Decoder outputs of every loop round, given round 1's last hidden states."""
         b_idx, pos = self._slots(input_ids)
-        outs = [self.decode(feats, self.seg_query(first_hidden[b_idx, pos]), b_idx, boxes=boxes)]
+        outs = [self.decode(feats, self.seg_query(first_hidden[b_idx, pos]), b_idx, boxes=boxes, points=points)]
         for _ in range(1, rounds):
             prev = outs[-1].masks[:, 0]
             regions = self.region_pooler(torch.sigmoid(prev)[:, None], feats.levels, b_idx)
             out = self.run_lm(self.embed(input_ids, visual, regions), attention_mask)
             h = out.hidden_states[-1]
-            outs.append(self.decode(feats, self.seg_query(h[b_idx, pos]), b_idx, prev_logits=prev, boxes=boxes))
+            outs.append(self.decode(feats, self.seg_query(h[b_idx, pos]), b_idx, prev_logits=prev, boxes=boxes, points=points))
         return outs
 
     # ------------------------------------------------------------------ training
@@ -199,10 +204,12 @@ class RCMedModel(nn.Module):
     @torch.inference_mode()
     def generate(self, pixel_values: torch.Tensor, prompt: str, max_new_tokens: int | None = None,
                  do_sample: bool = False, temperature: float = 1.0, feats: VisionFeatures | None = None,
-                 rounds: int | None = None, seed: int = 0, boxes: torch.Tensor | None = None) -> Generation:
+                 rounds: int | None = None, seed: int = 0, boxes: torch.Tensor | None = None,
+                 points: tuple[torch.Tensor, torch.Tensor] | None = None) -> Generation:
         """Answer `prompt` about one image (1, 3, S, S). Greedy by default; KV cache; each `<seg>`
         the LM emits is followed by a forced `<region>` slot; all targets are decoded together.
-        `boxes` (1, 4) for every target or (K, 4) one per target: pixel boxes in the model input."""
+        `boxes` (1, 4) for every target or (K, 4) one per target: pixel boxes in the model input;
+        `points` ((1, P, 2) xy, (1, P) labels) likewise shared by all targets or one set per target."""
         self.eval()
         feats = feats if feats is not None else self.encode(pixel_values)
         visual = self.visual_tokens(feats)
@@ -250,7 +257,15 @@ class RCMedModel(nn.Module):
                 boxes = boxes.expand(k, 4)
             elif boxes.shape[0] != k:
                 raise ValueError(f"{boxes.shape[0]} boxes for {k} targets; give one box or one per target")
-        outs = self._rounds(feats, full, None, visual, first, rounds or self.config.loop_rounds, boxes=boxes)
+        if points is not None:
+            xy, lab = (torch.as_tensor(points[0], dtype=torch.float32), torch.as_tensor(points[1], dtype=torch.float32))
+            xy, lab = xy.reshape(-1, xy.shape[-2], 2), lab.reshape(-1, lab.shape[-1])
+            if xy.shape[0] == 1:
+                xy, lab = xy.expand(k, -1, -1), lab.expand(k, -1)
+            elif xy.shape[0] != k:
+                raise ValueError(f"{xy.shape[0]} point sets for {k} targets; give one set or one per target")
+            points = (xy, lab)
+        outs = self._rounds(feats, full, None, visual, first, rounds or self.config.loop_rounds, boxes=boxes, points=points)
         final = outs[-1]
         names = _target_names(text)
         for k in range(final.masks.shape[0]):

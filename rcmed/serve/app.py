@@ -30,6 +30,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile  # module level: Fa
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from rcmed.errors import ImageTooLargeError, LimitExceededError, RCMedError, RCMedInputError
+from rcmed.io.limits import ReadLimits
 from rcmed.predictor import Answer, Predictor
 
 ALLOWED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".npz", ".zip")
@@ -40,6 +41,7 @@ class ServeSettings:
     max_upload_bytes: int = 64 * 2**20
     max_unzipped_bytes: int = 1 * 2**30
     max_zip_members: int = 5000
+    max_pixels: int = 8192 * 8192  # per image or volume, checked from the header before decoding
     timeout_s: float = 120.0
     queue_size: int = 4
     token: str | None = None
@@ -201,7 +203,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
 
     def _infer(path: Path, prompt: str, box: list[float] | None, with_masks: bool) -> dict[str, object]:
         with lock:
-            image = load(path)
+            image = load(path, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384))
             if image.is_volume:
                 if box is not None:
                     raise RCMedInputError("box", "box prompts apply to 2-D images")

@@ -117,3 +117,16 @@ def test_dicom_series_zip_and_nifti_volume(predictor, ct_series, tmp_path):
 
     for value in PHI.values():  # no patient data in the response (values chosen outside the base64 alphabet)
         assert value not in r.text
+
+
+def test_huge_image_header_is_refused_with_413(predictor):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    r = _client(predictor).post("/v1/segment", files={"file": ("big.png", png, "image/png")}, data={"prompt": "liver"})
+    assert r.status_code == 413 and "20000" in r.json()["error"]
