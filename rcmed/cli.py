@@ -274,17 +274,19 @@ def describe(
 @app.command("eval")
 @_friendly
 def eval_cmd(
-    model: Path = typer.Option(..., "--model", help="Model folder (from rcmed train)."),
+    model: list[Path] = typer.Option(..., "--model", help="Model folder (from rcmed train); repeat to compare models side by side."),
     data: Path = typer.Option(..., "--data", help="Triplet store to evaluate on."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for cases.jsonl, tables (md/csv) and plots."),
     split: str = typer.Option("test", help="Split to evaluate (by case)."),
     baseline: list[str] = typer.Option([], "--baseline", help="Baselines on the same cases: litemedsam-box."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records (smoke runs)."),
+    ablation: list[str] = typer.Option([], "--ablation", help="Ablations of the first model: no-loop."),
 ) -> None:
-    """Evaluate a model per task, modality and scale; baselines side by side."""
+    """Evaluate models per task, modality and scale; baselines and ablations side by side."""
     from rcmed.eval.harness import evaluate
 
-    report = evaluate(model, data, out, split=split, baselines=tuple(baseline), limit=limit, progress=sys.stderr.isatty())
+    report = evaluate(list(model), data, out, split=split, baselines=tuple(baseline), limit=limit,
+                      progress=sys.stderr.isatty(), ablations=tuple(ablation))
     typer.echo((out / "report.md").read_text())
     typer.echo(f"{report.rows} questions over {report.cases} cases; results in {out}")
 

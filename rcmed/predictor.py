@@ -120,17 +120,19 @@ class Predictor:
             self._feats = self.model.encode(self._pixels[None])
 
     def predict(self, prompt: str, points: list[list[float]] | None = None, boxes: list[list[float]] | None = None,
-                point_labels: list[int] | None = None, max_new_tokens: int | None = None) -> Answer:
+                point_labels: list[int] | None = None, max_new_tokens: int | None = None,
+                rounds: int | None = None) -> Answer:
         """Answer `prompt` about the image of `set_image`. `boxes`: source-pixel [x0, y0, x1, y1],
         one for all targets or one per target; `points`: source-pixel [x, y] shared by all targets,
-        with `point_labels` 1 (inside, the default) or 0 (outside)."""
+        with `point_labels` 1 (inside, the default) or 0 (outside). `rounds` overrides the number
+        of closed-loop rounds (1 = no loop; used for ablations)."""
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
         model_boxes = None if boxes is None else self._boxes_to_model(boxes)
         model_points = None if points is None else self._points_to_model(points, point_labels)
         gen = self.model.generate(self._pixels[None], prompt, feats=self._feats, max_new_tokens=max_new_tokens,
-                                  boxes=model_boxes, points=model_points)
+                                  boxes=model_boxes, points=model_points, rounds=rounds)
         spacing = self._image.spacing
         targets = []
         for t in gen.targets:

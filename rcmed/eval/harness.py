@@ -118,16 +118,20 @@ class OtsuWatershed:
         return self.labels(x) > 0
 
 
-def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str | None = "test",
-             baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True) -> EvalReport:
-    """Evaluate `model` (a folder) on `store`'s `split`; write cases.jsonl, tables and plots to `out`."""
+def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str | Path, split: str | None = "test",
+             baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True,
+             ablations: tuple[str, ...] = ()) -> EvalReport:
+    """Evaluate one model folder, or several side by side (`--compare`), on `store`'s `split`;
+    write cases.jsonl, tables and plots to `out`. The first model is "rcmed" in the tables, the
+    others are named by their folder. Ablations: "no-loop" (the first model with one round)."""
     from tqdm import tqdm
 
     from rcmed.predictor import Predictor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(model)
+    model_dirs = [Path(m) for m in (model if isinstance(model, list) else [model])]
+    model_dir = model_dirs[0]
     records = list(iter_records(store, split=split)) if limit is None else []
     if limit is not None:
         for r in iter_records(store, split=split):
@@ -136,11 +140,16 @@ def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str |
                 break
     if not records:
         raise RCMedInputError(str(store), f"no records in split {split!r}; split the store by case first (rcmed data split)")
-    leaked = training_cases(model_dir) & {r.case_id for r in records}
+    leaked = set().union(*(training_cases(m) for m in model_dirs)) & {r.case_id for r in records}
     if leaked:
         raise RCMedInputError(str(store), f"{len(leaked)} evaluation case(s) were used for training (e.g. {sorted(leaked)[0]!r}); "
                                           "evaluate on cases the model never saw")
     predictor = Predictor.from_pretrained(model_dir)
+    others = {_method_name(m, i): Predictor.from_pretrained(m) for i, m in enumerate(model_dirs[1:], start=1)}
+    for a in ablations:
+        if a != "no-loop":
+            raise RCMedInputError("--ablation", f"unknown ablation {a!r}; use no-loop (train without the alignment stage "
+                                                "and pass that model with --model to compare)")
     base = {"litemedsam-box": LiteMedSAMBox, "otsu-watershed": OtsuWatershed}
     runners = {}
     for b in baselines:
@@ -160,6 +169,8 @@ def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str |
                                modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3,
                                spacing_known=rec.spacing is not None)
             predictor.set_image(img)
+            for other in others.values():
+                other.set_image(img)
             x = normalize(img)
             targets = [(n, sample.masks[k]) for k, n in enumerate(rec.targets)] + [(n, None) for n in rec.absent]
             if sample.instances is not None and rec.instance_target:
@@ -181,6 +192,11 @@ def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str |
                     row["dice"] = round(dice(pred, true), 4)
                     methods = [("rcmed", pred)] + [(b, f(x, true)) for b, f in runners.items()
                                                    if is_inst or not getattr(f, "instance_only", False)]
+                    prompt = f"Segment the {name}."
+                    for label, other in others.items():
+                        methods.append((label, _first_mask(other.predict(prompt), true.shape)))
+                    if "no-loop" in ablations:
+                        methods.append(("rcmed-no-loop", _first_mask(predictor.predict(prompt, rounds=1), true.shape)))
                     if is_inst:
                         from scipy import ndimage as ndi
 
@@ -203,6 +219,16 @@ def evaluate(model: str | Path, store: str | Path, out: str | Path, split: str |
     _write_tables(out, tables)
     _plot(out, tables)
     return EvalReport(rows=n_rows, cases=len({r.case_id for r in records}), tables=tables, out=out)
+
+
+def _method_name(folder: Path, i: int) -> str:
+    name = folder.parent.name if folder.name == "model" else folder.name
+    return f"{name}" if name != "rcmed" else f"model-{i}"
+
+
+def _first_mask(answer, shape: tuple[int, ...]) -> np.ndarray:
+    t = answer.targets[0] if answer.targets else None
+    return t.mask if (t is not None and t.mask is not None) else np.zeros(shape, bool)
 
 
 def _bootstrap_ci(values: list[float], seed: int = 0, n: int = 1000) -> tuple[float, float]:

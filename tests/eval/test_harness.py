@@ -73,3 +73,15 @@ def test_otsu_watershed_baseline_counts_nuclei(tiny_trained, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "ev" / "cases.jsonl").read_text().splitlines()]
     assert all("ap50" in r and "ap50_otsu-watershed" in r for r in rows if r["present"])
     assert {r["scale"] for r in rep.tables["tasks"]} == {"cell"}
+
+
+def test_compare_models_and_no_loop_ablation(tiny_trained, store, tmp_path):
+    import shutil
+
+    other = tmp_path / "second"
+    shutil.copytree(tiny_trained, other)
+    res = CliRunner().invoke(app, ["eval", "--model", str(tiny_trained), "--model", str(other), "--data", str(store),
+                                   "--out", str(tmp_path / "cmp"), "--ablation", "no-loop", "--limit", "6"])
+    assert res.exit_code == 0, res.output
+    methods = {line.split(",")[0] for line in (tmp_path / "cmp" / "modalities.csv").read_text().splitlines()[1:]}
+    assert methods == {"rcmed", "second", "rcmed-no-loop"}
