@@ -32,6 +32,9 @@ demo: install
 	$(VENV)/bin/rcmed data build $(DEMO_OUT)/store --out $(DEMO_OUT)/train --workers 2
 	$(VENV)/bin/rcmed data synth --modality all --n 20 --out $(DEMO_OUT)/phantoms
 	$(VENV)/bin/rcmed data stats $(DEMO_OUT)/phantoms
+	$(VENV)/bin/rcmed train --config configs/train/tiny.json
+	$(VENV)/bin/rcmed segment $(SAMPLE)/imagesTr/phantom_001_0000.nii.gz "Segment the liver." \
+		--model $(DEMO_OUT)/tiny/model --modality ct --out $(DEMO_OUT)/segment
 
 test: install
 	$(PY) -m pytest
