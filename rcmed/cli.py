@@ -240,11 +240,15 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Ask a question about an image; print the answer text and the targets it names."""
+    _answer_one(file, question, model, modality, as_json)
+
+
+def _answer_one(file: Path, prompt: str, model: str, modality: str | None, as_json: bool) -> None:
     from rcmed.predictor import Predictor
 
     predictor = Predictor.from_pretrained(model)
     predictor.set_image(file, modality=modality)
-    answer = predictor.predict(question)
+    answer = predictor.predict(prompt)
     if as_json:
         typer.echo(json.dumps(predictor.answer_json(answer)))
     else:
@@ -260,15 +264,7 @@ def describe(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Describe what the model sees in an image (its own words and the regions it names)."""
-    from rcmed.predictor import Predictor
-
-    predictor = Predictor.from_pretrained(model)
-    predictor.set_image(file, modality=modality)
-    answer = predictor.predict("Describe what you see in this image.")
-    if as_json:
-        typer.echo(json.dumps(predictor.answer_json(answer)))
-    else:
-        _summary(answer)
+    _answer_one(file, "Describe what you see in this image.", model, modality, as_json)
 
 
 @app.command("eval")

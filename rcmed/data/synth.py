@@ -240,23 +240,27 @@ def synth_ct(rng: np.random.Generator, size: int = 256, volume: bool = False, de
         hu, masks, absent = _ct_slice(size, rng, z=rng.uniform(0.0, 0.5))
         return Phantom(_image(np.round(hu).astype(np.int16), Modality.CT, (0.8, 0.8), axial=True), masks, "abdomen", absent)
     params = _ct_params(rng)
-    slices, mask_stack, absent_sets = [], {}, []
+    return _volume(lambda z: _ct_slice(size, rng, z, params), depth, Modality.CT, (2.5, 0.8, 0.8), "abdomen", {})
+
+
+def _volume(slice_fn: Callable[[float], tuple[np.ndarray, dict, list]], depth: int, modality: Modality,
+            spacing: tuple[float, float, float], region: str, meta: dict) -> Phantom:
+    """Stack `slice_fn(z)` for z from inferior (-1) to superior (+1) into an axial volume
+    (slice, row, column) = (superior, posterior, patient left) in LPS."""
+    slices, stack, absent_sets = [], {}, []
     for k in range(depth):
-        z = -1 + 2 * (k + 0.5) / depth
-        hu, masks, absent = _ct_slice(size, rng, z, params)
-        slices.append(np.round(hu).astype(np.int16))
+        img, masks, absent = slice_fn(-1 + 2 * (k + 0.5) / depth)
+        slices.append(np.round(img).astype(np.int16))
         for name, m in masks.items():
-            mask_stack.setdefault(name, np.zeros((depth, size, size), bool))[k] = m
+            stack.setdefault(name, np.zeros((depth, *m.shape), bool))[k] = m
         absent_sets.append(set(absent))
-    vol = np.stack(slices)
     aff = np.eye(4)
-    aff[:3, 0] = [0.0, 0.0, 2.5]  # slice axis -> superior
-    aff[:3, 1] = [0.0, 0.8, 0.0]  # rows -> posterior
-    aff[:3, 2] = [0.8, 0.0, 0.0]  # columns -> patient left
-    img = MedicalImage(array=vol, affine=aff, modality=Modality.CT, spacing_known=True, orientation_known=True,
-                       metadata={"format": "synthetic"})
-    absent = sorted(set.intersection(*absent_sets) - set(mask_stack)) if absent_sets else []
-    return Phantom(img, mask_stack, "abdomen", absent)
+    aff[:3, 0], aff[:3, 1], aff[:3, 2] = [0, 0, spacing[0]], [0, spacing[1], 0], [spacing[2], 0, 0]
+    img = MedicalImage(array=np.stack(slices), affine=aff, modality=modality, spacing_known=True, orientation_known=True,
+                       metadata={"format": "synthetic", **meta})
+    # absent from the whole volume: absent on every slice and never drawn on any
+    absent = sorted(set.intersection(*absent_sets) - set(stack)) if absent_sets else []
+    return Phantom(img, stack, region, absent)
 
 
 # ----------------------------------------------------------------------------- MRI brain
@@ -315,19 +319,7 @@ def synth_mri(rng: np.random.Generator, size: int = 256, volume: bool = False, d
         img, masks, absent = _mri_slice(size, rng, {**p, "tz": 0.0})
         return Phantom(_image(np.round(img).astype(np.int16), Modality.MRI, (0.9, 0.9), axial=True, contrast=contrast),
                        masks, "brain", absent)
-    slices, stack = [], {}
-    for k in range(depth):
-        z = -1 + 2 * (k + 0.5) / depth
-        img, masks, _ = _mri_slice(size, rng, p, z)
-        slices.append(np.round(img).astype(np.int16))
-        for name, m in masks.items():
-            stack.setdefault(name, np.zeros((depth, size, size), bool))[k] = m
-    aff = np.eye(4)
-    aff[:3, 0], aff[:3, 1], aff[:3, 2] = [0, 0, 3.0], [0, 0.9, 0], [0.9, 0, 0]
-    vol = MedicalImage(array=np.stack(slices), affine=aff, modality=Modality.MRI, spacing_known=True,
-                       orientation_known=True, metadata={"format": "synthetic", "contrast": contrast})
-    absent = [] if "tumour" in stack else ["tumour", "oedema"]
-    return Phantom(vol, stack, "brain", absent)
+    return _volume(lambda z: _mri_slice(size, rng, p, z), depth, Modality.MRI, (3.0, 0.9, 0.9), "brain", {"contrast": contrast})
 
 
 # ----------------------------------------------------------------------------- chest X-ray
