@@ -43,6 +43,7 @@ class Batch:
     has_mask: torch.Tensor
     target_boxes: torch.Tensor
     presence: torch.Tensor
+    features: VisionFeatures | None = None  # precomputed (cached) features of a frozen encoder
 
 
 @dataclass
@@ -178,7 +179,9 @@ class RCMedModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        feats = self.encode(batch.pixel_values)
+        if batch.features is not None and not self.config.freeze_vision:
+            raise ValueError("precomputed features need a frozen encoder (freeze_vision)")
+        feats = batch.features if batch.features is not None else self.encode(batch.pixel_values)
         visual = self.visual_tokens(feats)
         out = self.run_lm(self.embed(batch.input_ids, visual), batch.attention_mask, batch.labels)
         b_idx, _ = self._slots(batch.input_ids)

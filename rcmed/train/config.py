@@ -40,6 +40,7 @@ class TrainConfig:
     shuffle_buffer: int = 64
     deterministic: bool = True  # torch deterministic kernels: a resumed run ends bit-identical
     tensorboard: bool = True  # also log every metric to RUN/tensorboard
+    feature_cache: str | None = None  # folder caching a frozen encoder's features (see feature_cache.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -113,6 +113,13 @@ class Trainer:
         model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
         core: RCMedModel = acc.unwrap_model(model)
         size = core.config.vision.img_size
+        cache = None
+        if cfg.feature_cache:
+            if not core.config.freeze_vision:
+                raise ValueError("feature_cache needs a frozen encoder (model_overrides freeze_vision: true)")
+            from rcmed.train.feature_cache import FeatureCache
+
+            cache = FeatureCache(cfg.feature_cache, core.image_encoder)
         rank = acc.process_index
         stream = example_stream(cfg.data, cfg.stage, cfg.seed, start=positions[rank], rank=rank,
                                 world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer)
@@ -148,6 +155,8 @@ class Trainer:
                     seen.append(record_id)
                     examples.append(ex)
                 batch = build_batch(core.processor, examples, size)
+                if cache is not None:
+                    batch.features = cache.features(batch.pixel_values, core.encode)
                 data_s += time.perf_counter() - td
                 with acc.accumulate(model):
                     out = model(batch)

@@ -105,3 +105,19 @@ def test_stream_resumes_at_the_same_sample_without_decoding_skipped_ones(built):
     full = [(p, r) for p, r, _ in islice(example_stream([str(built)], "ground", 5, split="train"), 40)]
     resumed = [(p, r) for p, r, _ in islice(example_stream([str(built)], "ground", 5, start=21, split="train"), 10)]
     assert resumed == [x for x in full if x[0] > 21][:10]  # crosses into the second epoch too
+
+
+def test_feature_cache_fills_once_and_matches_uncached_training(built, tmp_path):
+    import csv
+
+    common = {"model_overrides": {"freeze_vision": True}}
+    Trainer(TrainConfig.load(_config(built, tmp_path / "plain", steps=6, **common))).train()
+    cfg = TrainConfig.load(_config(built, tmp_path / "cached", steps=6, feature_cache=str(tmp_path / "fc"), **common))
+    Trainer(cfg).train()
+    entries = list((tmp_path / "fc").glob("*/*.safetensors"))
+    assert 0 < len(entries) <= 16  # one per distinct image, never more than the store holds
+    a = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "plain" / "metrics.csv"))]
+    b = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "cached" / "metrics.csv"))]
+    assert a == pytest.approx(b, rel=1e-2)
+    with pytest.raises(ValueError, match="frozen encoder"):
+        Trainer(TrainConfig.load(_config(built, tmp_path / "bad", steps=2, feature_cache=str(tmp_path / "fc")))).train()
