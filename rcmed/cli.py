@@ -274,7 +274,8 @@ def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Triplet store to evaluate on."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for cases.jsonl, tables (md/csv) and plots."),
     split: str = typer.Option("test", help="Split to evaluate (by case)."),
-    baseline: list[str] = typer.Option([], "--baseline", help="Baselines on the same cases: litemedsam-box."),
+    baseline: list[str] = typer.Option([], "--baseline", help="Baselines on the same cases: litemedsam-box, otsu-watershed, unet."),
+    unet_budget_s: float = typer.Option(60.0, help="CPU seconds to train the U-Net baseline on the store's train split."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records (smoke runs)."),
     ablation: list[str] = typer.Option([], "--ablation", help="Ablations of the first model: no-loop."),
 ) -> None:
@@ -282,7 +283,7 @@ def eval_cmd(
     from rcmed.eval.harness import evaluate
 
     report = evaluate(list(model), data, out, split=split, baselines=tuple(baseline), limit=limit,
-                      progress=sys.stderr.isatty(), ablations=tuple(ablation))
+                      progress=sys.stderr.isatty(), ablations=tuple(ablation), unet_budget_s=unet_budget_s)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"{report.rows} questions over {report.cases} cases; results in {out}")
 

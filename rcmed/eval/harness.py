@@ -118,9 +118,80 @@ class OtsuWatershed:
         return self.labels(x) > 0
 
 
+class UNetBaseline:
+    """The specialist baseline: a MONAI 2-D U-Net trained on the store's training split, one
+    sigmoid channel per target name seen there, for a fixed CPU time budget (give it the budget
+    RCMed had). A target name it never saw gets an empty mask."""
+
+    name = "unet"
+
+    def __init__(self, store: str | Path, budget_s: float = 60.0, size: int = 128, seed: int = 0) -> None:
+        import time
+
+        import torch
+        from monai.networks.nets import UNet
+
+        from rcmed.model.processing import prepare_image, prepare_mask
+
+        self.size = size
+        train = list(iter_records(store, split="train"))
+        if not train:
+            raise RCMedInputError(str(store), "the U-Net baseline needs a 'train' split in the store")
+        self.names = sorted({n for r in train for n in r.targets} | {r.instance_target for r in train if r.instance_target})
+        torch.manual_seed(seed)
+        self.net = UNet(spatial_dims=2, in_channels=3, out_channels=len(self.names), channels=(16, 32, 64, 128),
+                        strides=(2, 2, 2), num_res_units=1)
+        xs, ys = [], []
+        for r in train:
+            s = read_sample(store, r)
+            img = MedicalImage(array=s.image, modality=parse_modality(r.modality), rgb=s.image.ndim == 3)
+            x, geom = prepare_image(normalize(img), size)
+            y = torch.zeros(len(self.names), size, size)
+            for k, n in enumerate(r.targets):
+                y[self.names.index(n)] = prepare_mask(s.masks[k], geom)
+            if s.instances is not None and r.instance_target:
+                y[self.names.index(r.instance_target)] = prepare_mask(s.instances > 0, geom)
+            xs.append(x)
+            ys.append(y)
+        x_all, y_all = torch.stack(xs), torch.stack(ys)
+        opt = torch.optim.Adam(self.net.parameters(), lr=2e-3)
+        rng = np.random.default_rng(seed)
+        start = time.perf_counter()
+        self.steps = 0
+        while time.perf_counter() - start < budget_s:
+            idx = torch.as_tensor(rng.choice(len(x_all), size=min(8, len(x_all)), replace=False))
+            logits = self.net(x_all[idx])
+            p = torch.sigmoid(logits)
+            inter = (p * y_all[idx]).sum((2, 3))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_all[idx]) + \
+                (1 - (2 * inter + 1) / (p.sum((2, 3)) + y_all[idx].sum((2, 3)) + 1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            self.steps += 1
+        self.net.eval()
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def predict(self, x: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        import torch
+
+        from rcmed.model.processing import postprocess_mask, prepare_image
+
+        if name not in self.names:
+            return np.zeros(shape, bool)
+        key = hash(x.tobytes())
+        if self._cache is None or self._cache[0] != key:
+            pix, geom = prepare_image(x, self.size)
+            with torch.no_grad():
+                logits = self.net(pix[None])[0]
+            self._cache = (key, (logits, geom))  # type: ignore[assignment]
+        logits, geom = self._cache[1]  # type: ignore[misc]
+        return postprocess_mask(logits[self.names.index(name)], geom)
+
+
 def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str | Path, split: str | None = "test",
              baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True,
-             ablations: tuple[str, ...] = ()) -> EvalReport:
+             ablations: tuple[str, ...] = (), unet_budget_s: float = 60.0) -> EvalReport:
     """Evaluate one model folder, or several side by side (`--compare`), on `store`'s `split`;
     write cases.jsonl, tables and plots to `out`. The first model is "rcmed" in the tables, the
     others are named by their folder. Ablations: "no-loop" (the first model with one round)."""
@@ -150,12 +221,14 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
         if a != "no-loop":
             raise RCMedInputError("--ablation", f"unknown ablation {a!r}; use no-loop (train without the alignment stage "
                                                 "and pass that model with --model to compare)")
-    base = {"litemedsam-box": LiteMedSAMBox, "otsu-watershed": OtsuWatershed}
+    base = {"litemedsam-box": LiteMedSAMBox, "otsu-watershed": OtsuWatershed,
+            "unet": lambda: UNetBaseline(store, budget_s=unet_budget_s)}
     runners = {}
     for b in baselines:
         if b not in base:
             raise RCMedInputError("--baseline", f"unknown baseline {b!r}; use one of {sorted(base)}")
         runners[b] = base[b]()
+    unet = runners.pop("unet", None)
     # per (method, case, target): pooled voxel counts for case-level Dice
     pooled: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     meta: dict[tuple[str, str], dict[str, object]] = {}
@@ -193,6 +266,8 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                     methods = [("rcmed", pred)] + [(b, f(x, true)) for b, f in runners.items()
                                                    if is_inst or not getattr(f, "instance_only", False)]
                     prompt = f"Segment the {name}."
+                    if unet is not None:
+                        methods.append(("unet", unet.predict(x, name, true.shape)))
                     for label, other in others.items():
                         methods.append((label, _first_mask(other.predict(prompt), true.shape)))
                     if "no-loop" in ablations:

@@ -85,3 +85,10 @@ def test_compare_models_and_no_loop_ablation(tiny_trained, store, tmp_path):
     assert res.exit_code == 0, res.output
     methods = {line.split(",")[0] for line in (tmp_path / "cmp" / "modalities.csv").read_text().splitlines()[1:]}
     assert methods == {"rcmed", "second", "rcmed-no-loop"}
+
+
+def test_unet_baseline_trains_on_the_train_split(tiny_trained, store, tmp_path):
+    rep = evaluate(tiny_trained, store, tmp_path / "u", baselines=("unet",), unet_budget_s=8, progress=False)
+    unet = {r["target"]: r["dice"] for r in rep.tables["tasks"] if r["method"] == "unet"}
+    assert unet["body"] > 0.8  # the easiest target: a real, trained baseline
+    assert set(unet) >= {"liver", "vertebra"}
