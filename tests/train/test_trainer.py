@@ -86,7 +86,12 @@ def test_resume_without_checkpoint_is_a_clear_error(built, tmp_path):
 def test_torchrun_two_cpu_ranks_see_different_data_and_end_identical(built, tmp_path):
     cfg = _config(built, tmp_path / "ddp", steps=6)
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    res = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "rcmed.train.run",
+    import socket
+
+    with socket.socket() as sock:  # a free port, so a busy 29500 cannot break the test
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    res = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "rcmed.train.run",
                           "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     r0 = json.loads((tmp_path / "ddp" / "ranks" / "rank-0.json").read_text())
