@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
 from rcmed.errors import EmptyInputError, InvalidMaskError, ShapeMismatchError
+from rcmed.io.limits import binary_mask
 from rcmed.overlay import PALETTE
 
 ShapeClass = Literal["round", "oval", "elongated", "lobulated", "irregular", "fragmented"]
@@ -452,11 +453,7 @@ def describe(
         m = np.asarray(m)
         if m.shape != shape:
             raise ShapeMismatchError(f"mask {k} ({names[k]})", f"shape {m.shape} != {shape}")
-        if m.dtype != bool:
-            if not np.all(np.isin(np.unique(m), (0, 1, 255))):
-                raise InvalidMaskError(f"mask {k} ({names[k]})", "mask is not binary; pass one boolean mask per target")
-            m = m > 0
-        bool_masks.append(m)
+        bool_masks.append(binary_mask(m, f"mask {k} ({names[k]})", "pass one boolean mask per target"))
     if orientation is not None and (len(orientation) != 2 or any(c not in _OPPOSITE for c in orientation)):
         raise InvalidMaskError("orientation", f"expected two RAS letters like 'PL', got {orientation!r}")
     gray = _gray(image, shape)  # type: ignore[arg-type]
@@ -548,10 +545,9 @@ def describe_instances(
     size = f"{median:.0f} pixels"
     if spacing:
         size += f" ({median * spacing[0] * spacing[1] * 1e6:.1f} µm²)" if spacing[0] < 0.01 else f" ({median * spacing[0] * spacing[1]:.2f} mm²)"
-    plural = name if name.endswith("s") or n != 1 else name
     sentences = [
         rng.choice(("There are {n} {name}, shown in {colour}.", "{n} {name} are outlined in {colour}.",
-                    "The {colour} outlines mark {n} {name}.")).format(n=n, name=plural, colour=colour),
+                    "The {colour} outlines mark {n} {name}.")).format(n=n, name=name, colour=colour),
         rng.choice(("Their median size is {size}, with {var} sizes (coefficient of variation {cv:.2f}).",
                     "Sizes are {var}: median {size}, coefficient of variation {cv:.2f}.")).format(size=size, var=variability, cv=cv),
         rng.choice(("They are {dist}, covering {share} of the image.",

@@ -13,6 +13,7 @@ from rcmed.data.describe import Description, describe, describe_instances
 from rcmed.errors import InvalidMaskError, RCMedInputError, ShapeMismatchError
 from rcmed.io.atomic import atomic_path
 from rcmed.io.image import MedicalImage
+from rcmed.io.limits import binary_mask
 from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
 from rcmed.io.slices import to_slices
@@ -93,11 +94,7 @@ def describe_files(
                 raise RCMedInputError("--mask", "give at least one --mask (or --labels / --instances)")
             if len(names) != len(masks):
                 raise RCMedInputError("--name", f"{len(masks)} --mask but {len(names)} --name; give one name per mask")
-            arrays = [_mask_2d(p, slice_index, shape) for p in masks]
-            for p, a in zip(masks, arrays, strict=True):
-                if not np.all(np.isin(np.unique(a), (0, 1, 255))):
-                    raise InvalidMaskError(p.name, "mask is not binary (expected 0/1 or 0/255)")
-            bool_masks = [a > 0 for a in arrays]
+            bool_masks = [binary_mask(_mask_2d(p, slice_index, shape), p.name) for p in masks]
         desc = describe(x, bool_masks, names, modality=img.modality.value, spacing=sp,  # type: ignore[arg-type]
                         orientation=img.orientation if img.orientation and len(img.orientation) == 2 else None, seed=seed)
         overlay = paint(x, bool_masks, mode=mode)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcmed.errors import EmptyInputError, ImageTooLargeError, NonFiniteError
+from rcmed.errors import EmptyInputError, ImageTooLargeError, InvalidMaskError, NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -43,3 +43,14 @@ def check_finite(path: str | Path, array: np.ndarray) -> None:
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise NonFiniteError(Path(path).name, f"{bad} NaN/inf values in the pixel data; fix or mask them first")
+
+
+def binary_mask(mask: np.ndarray, what: str, hint: str = "pass a 0/1 or 0/255 mask") -> np.ndarray:
+    """A boolean mask from a bool or 0/1/255 array; anything else raises `InvalidMaskError`."""
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        return m
+    values = np.unique(m)
+    if not np.all(np.isin(values, (0, 1, 255))):
+        raise InvalidMaskError(what, f"mask is not binary (values {values[:6].tolist()}); {hint}")
+    return m > 0

@@ -22,8 +22,9 @@ def read_pil(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImage
     """PNG/JPEG/BMP -> (H, W) grey or (H, W, 3|4) RGB(A). 16-bit PNG keeps 16 bits."""
     from PIL import Image
 
-    # Pillow's own bomb guard would warn or raise on its own terms; ours is checked first.
-    Image.MAX_IMAGE_PIXELS = None
+    # Pillow's own bomb guard would warn or raise on its own terms; ours (check_shape) is checked
+    # first. Pillow keeps its guard in a module global: lift it for this read only.
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -44,6 +45,8 @@ def read_pil(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImage
         raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptFileError(path.name, f"cannot decode as {path.suffix.lstrip('.').upper()} ({exc.__class__.__name__}); the file is damaged or not that format") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     rgb = arr.ndim == 3
     if rgb and arr.shape[-1] == 4 and np.all(arr[..., 3] == 255):
         arr = arr[..., :3]

@@ -19,6 +19,7 @@ from rcmed import __version__
 from rcmed.errors import InvalidMaskError, RCMedInputError, ShapeMismatchError
 from rcmed.io.atomic import atomic_path
 from rcmed.io.image import LPS_TO_RAS, MedicalImage
+from rcmed.io.limits import binary_mask
 from rcmed.io.normalize import normalize
 from rcmed.overlay import paint
 
@@ -36,13 +37,7 @@ IDENTIFYING_KEYWORDS = (
 
 
 def _binary(mask: np.ndarray, what: str) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.dtype == bool:
-        return m
-    values = np.unique(m)
-    if not np.all(np.isin(values, (0, 1, 255))):
-        raise InvalidMaskError(what, f"mask is not binary (values {values[:6].tolist()}...); threshold it or write it as a label map")
-    return m > 0
+    return binary_mask(mask, what, "threshold it or write it as a label map")
 
 
 def write_mask_png(path: str | Path, mask: np.ndarray, label_map: bool = False) -> Path:

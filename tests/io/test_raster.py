@@ -103,3 +103,13 @@ def test_unknown_modality_lists_valid_ones(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
     with pytest.raises(Exception, match="unknown modality 'sonar'; use one of: ct, mri"):
         load(tmp_path / "a.png", modality="sonar")
+
+
+def test_reading_leaves_pillows_global_guard_as_it_was(tmp_path):
+    before = Image.MAX_IMAGE_PIXELS
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    load(tmp_path / "a.png")
+    _png_header_only(tmp_path / "huge.png", 100_000, 100_000)
+    with pytest.raises(ImageTooLargeError):
+        load(tmp_path / "huge.png")
+    assert Image.MAX_IMAGE_PIXELS == before

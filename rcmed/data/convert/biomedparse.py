@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from rcmed.data.store import Record, Sample, make_key
-from rcmed.errors import EmptyInputError, InvalidMaskError, RCMedInputError, ShapeMismatchError
+from rcmed.errors import EmptyInputError, RCMedInputError, ShapeMismatchError
 from rcmed.io.image import Modality, parse_modality
+from rcmed.io.limits import binary_mask
 from rcmed.io.readers import load
 
 _SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -26,10 +27,7 @@ def _binary_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         arr = arr[..., 0]
     if arr.shape != shape:
         raise ShapeMismatchError(path.name, f"mask shape {arr.shape} != image shape {shape}")
-    values = np.unique(arr)
-    if not np.all(np.isin(values, (0, 1, 255))):
-        raise InvalidMaskError(path.name, f"mask is not binary (values {values[:6].tolist()}); BiomedParse masks are 0/255")
-    return arr > 0
+    return binary_mask(arr, path.name, "BiomedParse masks are 0/255")
 
 
 def biomedparse_samples(src: Path, *, modality: str | None = None, body_region: str | None = None) -> Iterator[tuple[Sample, str | None]]:
