@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -49,7 +50,7 @@ def describe_sample(sample: Sample, seed: int = 0) -> Sample:
     image = MedicalImage(array=sample.image, modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3)
     x = normalize(image)
     spacing = tuple(rec.spacing) if rec.spacing else None
-    key_seed = seed ^ (abs(hash_str(rec.id)) & 0x7FFFFFFF)
+    key_seed = seed ^ (zlib.crc32(rec.id.encode()) & 0x7FFFFFFF)  # stable across processes, unlike hash()
     texts, regions, examples = [], [], []
     if rec.targets or rec.absent:
         names = list(rec.targets) + list(rec.absent)
@@ -68,13 +69,6 @@ def describe_sample(sample: Sample, seed: int = 0) -> Sample:
         examples += [e.to_json() for e in build_examples(d, sample.image.shape[:2], modality=rec.modality, seed=key_seed)]
     rec.descriptions, rec.regions, rec.examples = texts, regions, examples
     return sample
-
-
-def hash_str(s: str) -> int:
-    """A stable (process-independent) 32-bit hash of a string."""
-    import zlib
-
-    return zlib.crc32(s.encode())
 
 
 def _build_one(args: tuple[str, str, str, int]) -> tuple[int, int]:
