@@ -62,11 +62,15 @@ def describe_sample(sample: Sample, seed: int = 0) -> Sample:
         regions += d.to_json()["regions"]  # type: ignore[operator]
         examples += [e.to_json() for e in build_examples(d, sample.image.shape[:2], modality=rec.modality, seed=key_seed)]
     if sample.instances is not None and rec.instance_target:
+        # painted after the present target masks (rcmed.train.data), so its colour comes next
         d = describe_instances(sample.instances, rec.instance_target, image=x, modality=rec.modality,
-                               spacing=spacing, seed=key_seed)  # type: ignore[arg-type]
+                               spacing=spacing, seed=key_seed, colour_index=len(rec.targets))  # type: ignore[arg-type]
         texts.append(d.text)
         regions += d.to_json()["regions"]  # type: ignore[operator]
-        examples += [e.to_json() for e in build_examples(d, sample.image.shape[:2], modality=rec.modality, seed=key_seed)]
+        # region indices count the target masks first: the instance class is region len(targets)
+        for e in build_examples(d, sample.image.shape[:2], modality=rec.modality, seed=key_seed):
+            e.seg_targets = [k + len(rec.targets) if k >= 0 else k for k in e.seg_targets]
+            examples.append(e.to_json())
     rec.descriptions, rec.regions, rec.examples = texts, regions, examples
     return sample
 

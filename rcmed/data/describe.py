@@ -272,7 +272,7 @@ def _measure(mask: np.ndarray, gray: np.ndarray | None, name: str, colour: str,
     contrast = _intensity(gray, crop, box) if gray is not None else None
     return RegionFacts(
         name=name, colour=colour, present=True, area_px=area,
-        area_mm2=round(area * spacing[0] * spacing[1], 2) if spacing else None,
+        area_mm2=float(f"{area * spacing[0] * spacing[1]:.4g}") if spacing else None,
         share_image=area / (h * w), centroid=(round(centroid[0], 2), round(centroid[1], 2)),
         box=[c0, r0, c1, r1], grid_position=_grid(centroid, (h, w)),
         patient_position=_patient_position(centroid, (h, w), orientation) if orientation else None,
@@ -379,12 +379,18 @@ def region_text(f: RegionFacts, modality: str, rng: random.Random) -> str:
     if f.patient_position == "central":
         patient = " (central in the patient)"
     out.append(rng.choice(_T_POS).format(grid=f.grid_position, patient=patient))
-    area = f"{f.area_mm2:.1f} mm² ({f.area_px} pixels)" if f.area_mm2 is not None else f"{f.area_px} pixels"
+    if f.area_mm2 is None:
+        area = f"{f.area_px} pixels"
+    elif f.area_mm2 < 0.1:  # microscopy scale: µm² says something, "0.0 mm²" does not
+        area = f"{f.area_mm2 * 1e6:.0f} µm² ({f.area_px} pixels)"
+    else:
+        area = f"{f.area_mm2:.1f} mm² ({f.area_px} pixels)"
     parent = f", {_pct(f.share_parent)} of the {f.parent}" if f.parent and f.share_parent is not None else ""
     out.append(rng.choice(_T_SIZE).format(area=area, share=_pct(f.share_image), parent=parent))
-    orient = f", oriented {_orient_words(f.orientation_deg)}" if f.shape == "elongated" else ""
-    shape = f.shape if f.shape != "fragmented" else f"fragmented into {f.n_components} parts"
-    out.append(rng.choice(_T_SHAPE).format(shape=shape, boundary=f.boundary, orient=orient))
+    if f.shape is not None:  # an instance class (many objects) has no single shape
+        orient = f", oriented {_orient_words(f.orientation_deg)}" if f.shape == "elongated" else ""
+        shape = f.shape if f.shape != "fragmented" else f"fragmented into {f.n_components} parts"
+        out.append(rng.choice(_T_SHAPE).format(shape=shape, boundary=f.boundary, orient=orient))
     if f.n_components > 1 and f.shape != "fragmented":
         out.append(f"It consists of {f.n_components} separate parts.")
     if f.contrast is not None:
@@ -536,7 +542,7 @@ def describe_instances(
     contrast = _intensity(gray, union[r0: r1 + 1, c0: c1 + 1], box, ring=2) if gray is not None else None  # type: ignore[arg-type]
     f = RegionFacts(
         name=name, colour=colour, present=True, area_px=total,
-        area_mm2=round(total * spacing[0] * spacing[1], 4) if spacing else None,
+        area_mm2=float(f"{total * spacing[0] * spacing[1]:.4g}") if spacing else None,
         share_image=total / (h * w), centroid=(round(centroid[0], 2), round(centroid[1], 2)),
         box=[c0, r0, c1, r1], grid_position=_grid(centroid, (h, w)), n_components=n,
         count=n, size_median_px=median, size_cv=round(cv, 3), size_variability=variability,

@@ -119,3 +119,36 @@ def test_cli_describe_semantic_label_map(tmp_path):
     res = CliRunner().invoke(app, ["data", "describe", str(img), "--labels", str(lab), "--name", "liver",
                                    "--slice", "8", "--out", str(tmp_path / "p")])
     assert res.exit_code == 2 and "label values [2] have no --name" in res.output
+
+
+def test_instance_class_after_target_masks_keeps_its_own_mask_and_colour(tmp_path):
+    """A pathology-like record with a gland mask and a nuclei label map: the nuclei's `<seg>`
+    must point at the nuclei (region 1, painted second: green), never at the glands."""
+    from rcmed.data.build import describe_sample
+    from rcmed.data.store import Record, Sample
+    from rcmed.train.data import sample_examples
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.4, 0.6, (64, 64)).astype(np.float32)
+    glands = np.zeros((64, 64), bool)
+    glands[20:44, 20:44] = True
+    inst = np.zeros((64, 64), np.int32)
+    for k, (r, c) in enumerate([(5, 5), (5, 50), (50, 5), (50, 50)], start=1):
+        inst[r:r + 6, c:c + 6] = k
+    rec = Record(id="p1", case_id="p1", modality="pathology", targets=["glands"], instance_target="nuclei",
+                 spacing=[0.0005, 0.0005])
+    s = describe_sample(Sample(record=rec, image=img, masks=glands[None], instances=inst))
+    nuclei_ex = [e for e in s.record.examples if e["task"] == "segment_name" and "nuclei" in e["answer"]]
+    assert nuclei_ex and all(e["seg_targets"] == [1] for e in nuclei_ex)
+    colour = next(e for e in s.record.examples if e["task"] == "describe_colour" and "nuclei" in e["answer"])
+    assert "green" in colour["prompt"].lower() + colour["answer"].lower()
+    assert "µm²" in colour["answer"] and "0.0 mm²" not in colour["answer"]
+    import random
+
+    from rcmed.data.store import Sample as S
+
+    for seed in range(20):  # the ground-stage example for "nuclei" carries the nuclei mask
+        for ex in sample_examples(S(record=s.record, image=img, masks=glands[None], instances=inst), "ground",
+                                  random.Random(seed)):
+            if "nuclei" in ex.answer and ex.masks:
+                assert all(m is None or np.array_equal(m, inst > 0) for m in ex.masks)
