@@ -22,7 +22,7 @@ import numpy as np
 
 from rcmed.data.store import iter_records, read_sample
 from rcmed.errors import RCMedInputError
-from rcmed.eval.metrics import dice, presence_metrics
+from rcmed.eval.metrics import box_iou, counting_error, description_facts, dice, presence_metrics, text_metrics
 from rcmed.io.image import MedicalImage, affine_from_spacing, parse_modality
 from rcmed.io.normalize import normalize
 
@@ -47,12 +47,16 @@ def _scale(name: str, instance: bool) -> str:
 
 
 def training_cases(model_folder: Path) -> set[str]:
-    """Case ids the model was trained on, when its run folder records its training stores."""
+    """Case ids the model was trained on: listed in the model folder's `training_cases.json`
+    (shipped models carry it), or read from the training stores its run folder records."""
+    cases: set[str] = set()
+    listed = model_folder / "training_cases.json"
+    if listed.is_file():
+        cases |= set(json.loads(listed.read_text()))
     run_cfg = model_folder.parent / "train.json"
     if not run_cfg.is_file():
-        return set()
+        return cases
     cfg = json.loads(run_cfg.read_text())
-    cases: set[str] = set()
     for store in cfg.get("data", []):
         p = Path(store) if Path(store).is_absolute() else (run_cfg.parent.parent / store)
         if not (p / "store.json").is_file():
@@ -191,10 +195,12 @@ class UNetBaseline:
 
 def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str | Path, split: str | None = "test",
              baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True,
-             ablations: tuple[str, ...] = (), unet_budget_s: float = 60.0) -> EvalReport:
+             ablations: tuple[str, ...] = (), unet_budget_s: float = 60.0, describe: bool = True) -> EvalReport:
     """Evaluate one model folder, or several side by side (`--compare`), on `store`'s `split`;
     write cases.jsonl, tables and plots to `out`. The first model is "rcmed" in the tables, the
-    others are named by their folder. Ablations: "no-loop" (the first model with one round)."""
+    others are named by their folder. Ablations: "no-loop" (the first model with one round).
+    `describe`: also paint each record's first present target and ask the model what the coloured
+    region is; its answer is checked against the facts the description engine measures."""
     from tqdm import tqdm
 
     from rcmed.predictor import Predictor
@@ -234,6 +240,8 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     meta: dict[tuple[str, str], dict[str, object]] = {}
     presence_p: list[float] = []
     presence_y: list[int] = []
+    registry: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)  # (modality, region, target, task) -> scores
+    texts: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))  # modality -> (answers, references)
     n_rows = 0
     with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
         for rec in tqdm(records, desc="eval", unit="rec", disable=not progress):
@@ -257,8 +265,13 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                 presence_p.append(p)
                 presence_y.append(int(present))
                 row = {"record": rec.id, "case": rec.case_id, "modality": rec.modality, "body_region": rec.body_region,
-                       "target": name, "present": present, "presence": round(p, 4), "answer": answer.text}
+                       "target": name, "task": "segment", "present": present, "presence": round(p, 4),
+                       "answer": answer.text}
+                registry[(rec.modality, rec.body_region, name, "presence")].append(float((p >= 0.5) == present))
                 if present:
+                    tb, pb = _mask_box(true), _mask_box(pred)
+                    row["box_iou"] = round(box_iou(pb, tb), 4) if pb is not None else 0.0
+                    registry[(rec.modality, rec.body_region, name, "locate")].append(row["box_iou"])
                     is_inst = name == rec.instance_target
                     key = (rec.modality, name)
                     meta[key] = {"scale": _scale(name, is_inst), "body_region": rec.body_region}
@@ -277,7 +290,12 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
 
                         from rcmed.eval.metrics import match_instances
 
-                        row["ap50"] = round(match_instances(ndi.label(pred)[0], sample.instances, 0.5).ap, 4)
+                        pred_labels = ndi.label(pred)[0]
+                        row["ap50"] = round(match_instances(pred_labels, sample.instances, 0.5).ap, 4)
+                        n_true = int(len(np.unique(sample.instances)) - (0 in sample.instances))
+                        row["count"], row["count_true"] = int(pred_labels.max()), n_true
+                        registry[(rec.modality, rec.body_region, name, "count")].append(
+                            counting_error(int(pred_labels.max()), n_true)[1])
                         if "otsu-watershed" in runners:
                             ow = runners["otsu-watershed"].labels(x)
                             row["ap50_otsu-watershed"] = round(match_instances(ow, sample.instances, 0.5).ap, 4)
@@ -288,12 +306,101 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                         acc[2] += int(true.sum())
                         if method != "rcmed":
                             row[f"dice_{method}"] = round(dice(m, true), 4)
+                if present:
+                    registry[(rec.modality, rec.body_region, name, "segment")].append(row["dice"])
                 fh.write(json.dumps(row) + "\n")
                 n_rows += 1
+            if describe:
+                row = _describe_row(predictor, x, rec, sample)
+                if row is not None:
+                    registry[(rec.modality, rec.body_region, row["target"], "describe")].append(row["fact_accuracy"])
+                    texts[rec.modality][0].append(row["answer"])
+                    texts[rec.modality][1].append(row["reference"])
+                    fh.write(json.dumps(row) + "\n")
+                    n_rows += 1
     tables = _aggregate(pooled, meta, presence_p, presence_y)
+    tables["descriptions"] = _description_table(out / "cases.jsonl", texts)
+    tables["registry"] = _registry_table(registry)
     _write_tables(out, tables)
     _plot(out, tables)
     return EvalReport(rows=n_rows, cases=len({r.case_id for r in records}), tables=tables, out=out)
+
+
+# A task passes when its score reaches this (count: relative error at most this).
+PASS = {"segment": 0.5, "presence": 0.9, "locate": 0.5, "count": 0.25, "describe": 0.5}
+_METRIC = {"segment": "dice", "presence": "accuracy", "locate": "box IoU", "count": "relative count error",
+           "describe": "fact accuracy"}
+
+
+def _mask_box(mask: np.ndarray) -> list[int] | None:
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if ys.size else None
+
+
+def _describe_row(predictor, x: np.ndarray, rec, sample) -> dict[str, object] | None:
+    """Paint the record's first present region (a target mask, else the instance class) in the
+    first palette colour, ask "What is the red region?", and check the answer against the facts
+    the description engine measures on the true mask (name, grid position, shape class, count)."""
+    import random
+
+    from rcmed.data.describe import describe, describe_instances, region_text
+    from rcmed.overlay import PALETTE, paint
+
+    spacing = tuple(rec.spacing) if rec.spacing else None
+    if len(rec.targets):
+        mask = sample.masks[0]
+        facts = describe(x, [mask], [rec.targets[0]], modality=rec.modality, spacing=spacing,
+                         orientation=rec.orientation).regions[0]
+    elif sample.instances is not None and rec.instance_target and sample.instances.any():
+        mask = sample.instances > 0
+        facts = describe_instances(sample.instances, rec.instance_target, image=x, modality=rec.modality,
+                                   spacing=spacing).regions[0]
+    else:
+        return None
+    painted = paint(x, [mask])
+    predictor.set_image(MedicalImage(array=painted, modality=parse_modality(rec.modality), rgb=True))
+    colour = PALETTE[0][0]
+    answer = predictor.predict(f"What is the {colour} region?").text
+    checks = {"name": facts.name.lower() in answer.lower(), **description_facts(answer, facts)}
+    # the reference is the engine's single-region text, the form the alignment stage teaches
+    reference = region_text(facts, rec.modality, random.Random(0))
+    return {"record": rec.id, "case": rec.case_id, "modality": rec.modality, "body_region": rec.body_region,
+            "target": facts.name, "task": "describe", "answer": answer, "reference": reference,
+            "facts": checks, "fact_accuracy": round(sum(checks.values()) / len(checks), 4)}
+
+
+def _description_table(cases: Path, texts) -> list[dict[str, object]]:
+    """Per modality: share of each checkable fact stated correctly, and BLEU / ROUGE-L against
+    the description engine's own text for the true mask."""
+    per: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    with open(cases, encoding="utf-8") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r.get("task") == "describe":
+                for k, v in r["facts"].items():
+                    per[r["modality"]][k].append(bool(v))
+    rows = []
+    for mod in sorted(per):
+        facts = per[mod]
+        allv = [v for vs in facts.values() for v in vs]
+        tm = text_metrics(*texts[mod]) if texts[mod][0] else {"bleu": float("nan"), "rouge_l": float("nan")}
+        rows.append({"modality": mod, "regions": len(texts[mod][0]),
+                     **{f"{k}_acc": round(float(np.mean(facts[k])), 4) if facts.get(k) else None
+                        for k in ("name", "position", "shape", "count")},
+                     "fact_accuracy": round(float(np.mean(allv)), 4), "bleu": round(tm["bleu"], 2),
+                     "rouge_l": round(tm["rouge_l"], 4)})
+    return rows
+
+
+def _registry_table(registry) -> list[dict[str, object]]:
+    """The task registry: one row per (modality, body region, target, task type) with its score."""
+    rows = []
+    for (mod, region, target, task), vals in sorted(registry.items()):
+        score = float(np.mean(vals))
+        ok = score <= PASS[task] if task == "count" else score >= PASS[task]
+        rows.append({"modality": mod, "body_region": region, "target": target, "task": task, "metric": _METRIC[task],
+                     "n": len(vals), "score": round(score, 4), "pass": ok})
+    return rows
 
 
 def _method_name(folder: Path, i: int) -> str:
@@ -374,6 +481,14 @@ def _write_tables(out: Path, tables: dict[str, list[dict[str, object]]]) -> None
     failing = sorted(f"{r['modality']}/{r['target']}" for r in tables["tasks"] if r["method"] == "rcmed" and r["dice"] < 0.5)
     md += [f"Covered: {len(tasks)} segmentation tasks over {len(mods)} modalities; below Dice 0.5: "
            + (", ".join(failing) if failing else "none") + "."]
+    reg = tables.get("registry", [])
+    if reg:
+        failed = [f"{r['modality']}/{r['target']}/{r['task']} ({r['metric']} {r['score']})" for r in reg if not r["pass"]]
+        md += ["", f"Task registry: {len(reg)} tasks (modality, body region, target, task type) over "
+               f"{len({r['modality'] for r in reg})} modalities and {len({r['task'] for r in reg})} task types; "
+               f"{len(reg) - len(failed)} pass. Pass rules: "
+               + ", ".join(f"{t} {_METRIC[t]} {'<=' if t == 'count' else '>='} {v}" for t, v in PASS.items())
+               + ". Failing: " + ("; ".join(failed) if failed else "none") + "."]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
 

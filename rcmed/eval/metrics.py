@@ -17,6 +17,7 @@ MONAI is imported lazily (it takes seconds to import).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,6 +218,6 @@ def description_facts(text: str, facts) -> dict[str, bool]:
         out["position"] = facts.grid_position in low
     if facts.shape:
         out["shape"] = facts.shape in low
-    if facts.count is not None:
-        out["count"] = str(facts.count) in low
+    if facts.count is not None:  # the number as a whole word ("12", not the 12 inside "1042")
+        out["count"] = re.search(rf"(?<![\d.]){facts.count}(?![\d.])", low) is not None
     return out

@@ -31,10 +31,23 @@ def test_eval_writes_cases_tables_plots_with_baseline(tiny_trained, store, tmp_p
     assert methods == {"rcmed", "litemedsam-box"}
     liver_task = next(r for r in rep.tables["tasks"] if r["method"] == "rcmed" and r["target"] == "liver")
     assert liver_task["cases"] == 3 and liver_task["scale"] == "organ"
-    assert rep.tables["presence"][0]["questions"] == len(rows)
-    for f in ("report.md", "tasks.csv", "modalities.csv", "dice_by_modality.png", "presence_reliability.png"):
+    seg = [r for r in rows if r["task"] == "segment"]
+    assert rep.tables["presence"][0]["questions"] == len(seg)
+    for f in ("report.md", "tasks.csv", "modalities.csv", "registry.csv", "descriptions.csv", "dice_by_modality.png",
+              "presence_reliability.png"):
         assert (tmp_path / "ev" / f).is_file(), f
-    assert "segmentation tasks over 1 modalities" in (tmp_path / "ev" / "report.md").read_text()
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "segmentation tasks over 1 modalities" in report and "Task registry:" in report
+    # one describe question per record, checked against the engine's facts for the true mask
+    desc = [r for r in rows if r["task"] == "describe"]
+    assert len(desc) == 3 and all("name" in r["facts"] and 0 <= r["fact_accuracy"] <= 1 for r in desc)
+    assert rep.tables["descriptions"][0]["modality"] == "ct" and rep.tables["descriptions"][0]["regions"] == 3
+    # the registry names every task with its type; liver segmentation and presence rows agree with the rows above
+    reg = {(r["target"], r["task"]): r for r in rep.tables["registry"]}
+    assert reg[("liver", "segment")]["score"] == pytest.approx(sum(r["dice"] for r in liver) / len(liver), abs=1e-3)
+    pres = [r for r in seg if r["target"] == "liver"]
+    assert reg[("liver", "presence")]["n"] == len(pres)
+    assert {t for _, t in reg} >= {"segment", "presence", "locate", "describe"}
 
 
 def test_eval_refuses_cases_used_for_training(tiny_trained, store, tmp_path):
@@ -45,6 +58,17 @@ def test_eval_refuses_cases_used_for_training(tiny_trained, store, tmp_path):
     (run / "train.json").write_text(json.dumps({"data": [str(store)], "split": None}))
     with pytest.raises(RCMedInputError, match="used for training"):
         evaluate(run / "model", store, tmp_path / "ev", split="test", progress=False)
+    # a shipped model folder lists its training cases itself (no run folder around it)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (shipped / f).write_bytes((tiny_trained / f).read_bytes())
+    from rcmed.data.store import iter_records
+
+    test_case = next(iter_records(store, split="test")).case_id
+    (shipped / "training_cases.json").write_text(json.dumps(["other", test_case]))
+    with pytest.raises(RCMedInputError, match="used for training"):
+        evaluate(shipped, store, tmp_path / "ev2", split="test", progress=False)
 
 
 def test_eval_cli(tiny_trained, store, tmp_path):
@@ -71,7 +95,9 @@ def test_otsu_watershed_baseline_counts_nuclei(tiny_trained, tmp_path):
     split_by_case(tmp_path / "mic", {"test": 1.0})
     rep = evaluate(tiny_trained, tmp_path / "mic", tmp_path / "ev", baselines=("otsu-watershed",), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "ev" / "cases.jsonl").read_text().splitlines()]
-    assert all("ap50" in r and "ap50_otsu-watershed" in r for r in rows if r["present"])
+    present = [r for r in rows if r["task"] == "segment" and r["present"]]
+    assert present and all("ap50" in r and "ap50_otsu-watershed" in r and r["count_true"] > 0 for r in present)
+    assert any(r["task"] == "count" and r["target"] == "nuclei" for r in rep.tables["registry"])
     assert {r["scale"] for r in rep.tables["tasks"]} == {"cell"}
 
 

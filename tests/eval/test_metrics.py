@@ -94,3 +94,14 @@ def test_boxes_counting_presence_text():
     assert acc == 0.5 and auc == pytest.approx(0.75)
     t = text_metrics(["the liver is round"], ["the liver is round"])
     assert t["bleu"] == pytest.approx(100.0) and t["rouge_l"] == pytest.approx(1.0)
+
+
+def test_description_facts_checks_position_shape_and_whole_number_counts():
+    from rcmed.data.describe import RegionFacts
+    from rcmed.eval.metrics import description_facts
+
+    f = RegionFacts(name="nuclei", colour="red", present=True, grid_position="upper left", shape="oval", count=12)
+    assert description_facts("The nuclei lie in the upper left; oval; 12 separate parts.", f) == {
+        "position": True, "shape": True, "count": True}
+    got = description_facts("It covers 1042 µm² (1120 pixels) in the centre, round.", f)
+    assert got == {"position": False, "shape": False, "count": False}  # "12" inside 1120 is not a count
