@@ -1,4 +1,6 @@
-# Two commands a newcomer needs:  `make demo` (the main job)  and  `make test`.
+# Two commands a newcomer needs:  `make demo` (the main job: the bundled default model on sample
+# images of several modalities)  and  `make test`.  `make pipeline` shows the data and training
+# pipeline on the bundled nnU-Net sample (convert, split, describe, build, synth, train tiny, segment).
 # Both create .venv and install everything on first use. TORCH_SPEC pins the CPU build of torch
 # that lies on this project's machines; elsewhere use e.g. `make demo TORCH_SPEC='torch>=2.3'`.
 
@@ -10,7 +12,7 @@ SAMPLE := rcmed/samples/Dataset001_AbdomenPhantom
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo pipeline test lint clean
 
 install: $(VENV)/.installed
 
@@ -18,10 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" numpy
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	$(VENV)/bin/rcmed weights
+	$(VENV)/bin/rcmed weights --language
 	touch $@
 
 demo: install
+	$(VENV)/bin/rcmed demo --out $(DEMO_OUT)/demo
+
+pipeline: install
 	rm -rf $(DEMO_OUT)
 	$(VENV)/bin/rcmed info $(SAMPLE)/imagesTr/phantom_000_0000.nii.gz --modality ct
 	$(VENV)/bin/rcmed data convert $(SAMPLE) --format nnunet --out $(DEMO_OUT)/store

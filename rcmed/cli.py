@@ -267,6 +267,19 @@ def describe(
     _answer_one(file, "Describe what you see in this image.", model, modality, as_json)
 
 
+@app.command()
+@_friendly
+def demo(
+    out: Path = typer.Option(Path("demo_out/demo"), "--out", "-o", help="Folder for masks, overlays, answers and the summary."),
+    model: str = typer.Option("default", "--model", help="Model folder (from rcmed train) or 'default'."),
+) -> None:
+    """Run the model on the bundled sample images of several modalities and print a summary."""
+    from rcmed.demo import format_summary, run_demo
+
+    rows = run_demo(out, model=model)
+    typer.echo(format_summary(rows, out))
+
+
 @app.command("eval")
 @_friendly
 def eval_cmd(

@@ -1,0 +1,152 @@
+"""Recipe of the bundled default model (`rcmed/weights/default/`), step by step, resumable.
+
+    python scripts/train_default.py data     # phantoms + real nuclei tiles -> data/*-built
+    python scripts/train_default.py align    # stage 1, configs/train/default_align.json
+    python scripts/train_default.py ground   # stage 2, configs/train/default_ground.json (from stage 1)
+    python scripts/train_default.py export   # runs/default-ground/model -> rcmed/weights/default/
+    python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
+    python scripts/train_default.py all      # everything above in order
+
+Data (all generated here or fetched from a pinned wheel; nothing is downloaded at run time):
+- `data/train`: 400 phantoms (40 per modality, seed 11) and the 12 training tiles of the real
+  StarDist/DSB-2018 nuclei image, each tile in its 8 rotations/flips (records of one tile share
+  its case id), interleaved so every shuffle buffer holds both kinds;
+- `data/align`: 100 other phantoms (seed 13) and the 12 training tiles, for stage 1;
+- `data/test`: 80 held-out phantoms (8 per modality, seed 12: case ids never seen in training)
+  and the 4 held-out nuclei tiles (split by tile: one image only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+RUNS = ROOT / "runs"
+WEIGHTS = ROOT / "rcmed" / "weights" / "default"
+
+
+def _dihedral(sample, k: int):
+    """The k-th of the 8 rotations/flips of a 2-D sample (image, masks, instances), as a new record."""
+    from dataclasses import replace
+
+    from rcmed.data.store import Sample
+
+    def t(a: np.ndarray, axes=(0, 1)) -> np.ndarray:
+        a = np.rot90(a, k % 4, axes=axes)
+        return np.ascontiguousarray(np.flip(a, axis=axes[1]) if k >= 4 else a)
+
+    rec = replace(sample.record, id=f"{sample.record.id}-d{k}")
+    return Sample(record=rec, image=t(sample.image), masks=t(sample.masks, (1, 2)) if sample.masks.size else sample.masks,
+                  instances=None if sample.instances is None else t(sample.instances))
+
+
+def _write(out: Path, phantom_seed: int, n_phantoms: int, tiles: list, split: str, augment: bool) -> None:
+    from rcmed.data.store import StoreWriter
+    from rcmed.data.synth import GENERATORS, phantom_samples, synth
+
+    mods = sorted(GENERATORS)
+    extra = [_dihedral(s, k) for s in tiles for k in range(8)] if augment else list(tiles)
+    with StoreWriter(out) as w:
+        j = 0
+        for i in range(n_phantoms):
+            mod = mods[i % len(mods)]
+            for s in phantom_samples(synth(mod, phantom_seed * 1_000_003 + i, size=256), f"{mod}-{phantom_seed}-{i:07d}",
+                                     source=f"synth-{mod}"):
+                w.add(s)
+                w.set_split(s.record.case_id, split)
+            while j < len(extra) * (i + 1) // n_phantoms:  # spread the tiles evenly between phantoms
+                w.add(extra[j])
+                w.set_split(extra[j].record.case_id, split)
+                j += 1
+        for s in extra[j:]:
+            w.add(s)
+            w.set_split(s.record.case_id, split)
+
+
+def data() -> None:
+    from rcmed.data.build import build_store
+    from rcmed.data.nuclei import nuclei_tiles, stardist_nuclei
+
+    image, labels = stardist_nuclei()
+    tiles = list(nuclei_tiles(image, labels, 128))
+    train_tiles = [s for s, sp in tiles if sp == "train"]
+    test_tiles = [s for s, sp in tiles if sp == "test"]
+    print(f"nuclei tiles: {len(train_tiles)} train, {len(test_tiles)} test")
+    for name, seed, n, tl, split, aug in [("train", 11, 400, train_tiles, "train", True),
+                                          ("align", 13, 100, train_tiles, "train", False),
+                                          ("test", 12, 80, test_tiles, "test", False)]:
+        if (DATA / f"{name}-built" / "manifest.jsonl").is_file():
+            continue
+        shutil.rmtree(DATA / name, ignore_errors=True)
+        _write(DATA / name, seed, n, tl, split, aug)
+        build_store(DATA / name, DATA / f"{name}-built", workers=2)
+        print(f"data/{name}-built ready")
+
+
+def _train(config: str) -> None:
+    subprocess.run([sys.executable, "-m", "rcmed.cli", "train", "--config", config], cwd=ROOT, check=True)
+
+
+def align() -> None:
+    _train("configs/train/default_align.json")
+
+
+def ground() -> None:
+    _train("configs/train/default_ground.json")
+
+
+def export() -> None:
+    """Copy the trained parts (not the pretrained base) into the package, with the training record."""
+    src = RUNS / "default-ground" / "model"
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copy2(f, WEIGHTS / f.name)
+    for stage in ("default-align", "default-ground"):
+        run = RUNS / stage
+        shutil.copy2(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_metrics.csv")
+        shutil.copy2(run / "loss.png", WEIGHTS / f"{stage.split('-')[1]}_loss.png")
+    from rcmed.data.store import iter_records
+
+    cases = sorted({r.case_id for store in ("train-built", "align-built") for r in iter_records(DATA / store, split="train")})
+    (WEIGHTS / "training_cases.json").write_text(json.dumps(cases) + "\n")  # `rcmed eval` refuses these cases
+    size = sum(f.stat().st_size for f in WEIGHTS.iterdir())
+    print(f"exported to {WEIGHTS} ({size / 2**20:.1f} MB)")
+
+
+def evaluate_default() -> None:
+    from rcmed.eval.harness import evaluate
+
+    out = RUNS / "default-eval"
+    t0 = time.time()
+    rep = evaluate(WEIGHTS, DATA / "test-built", out, split="test", baselines=("litemedsam-box",), progress=True,
+                   describe=True)
+    print(f"evaluated {rep.rows} questions on {rep.cases} cases in {time.time() - t0:.0f} s -> {out / 'report.md'}")
+    (out / "summary.json").write_text(json.dumps(rep.tables, indent=1))
+
+
+STEPS = {"data": data, "align": align, "ground": ground, "export": export, "eval": evaluate_default}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=[*STEPS, "all"])
+    args = ap.parse_args()
+    for name in STEPS if args.step == "all" else [args.step]:
+        t0 = time.time()
+        print(f"== {name}", flush=True)
+        STEPS[name]()
+        print(f"== {name} done in {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

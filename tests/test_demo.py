@@ -1,0 +1,44 @@
+"""The bundled default model on bundled sample files: a file in, files and numbers out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from rcmed.cli import app
+from rcmed.demo import SAMPLES, run_demo
+
+
+def _subset(tmp_path, stems):
+    cases = [c for c in json.loads((SAMPLES / "demo.json").read_text()) if c["file"].split(".")[0] in stems]
+    d = tmp_path / "samples"
+    d.mkdir()
+    for c in cases:
+        for f in [c["file"], *c["truth"].values()]:
+            shutil.copy(SAMPLES / f, d / f)
+    (d / "demo.json").write_text(json.dumps(cases))
+    return d
+
+
+def test_default_model_segments_by_words_and_says_not_found(tmp_path):
+    samples = _subset(tmp_path, {"dermoscopy_skin", "endoscopy_colon", "microscopy_nuclei"})
+    rows = {r.case: r for r in run_demo(tmp_path / "out", samples=samples)}
+    skin = rows["dermoscopy_skin"].targets[0]
+    assert skin["name"] == "skin lesion" and skin["found"] and skin["dice"] > 0.8
+    nuclei = rows["microscopy_nuclei"].targets[0]
+    assert nuclei["name"] == "nuclei" and nuclei["dice"] > 0.6  # a held-out tile of the real image
+    polyp = rows["endoscopy_colon"].targets[0]
+    assert polyp["truth"] == "absent" and not polyp["found"]  # this endoscopy image has no polyp
+    for stem in rows:
+        assert (tmp_path / "out" / stem / "answer.json").is_file() and (tmp_path / "out" / stem / "overlay.png").is_file()
+    assert (tmp_path / "out" / "dermoscopy_skin" / "mask_0_skin_lesion.png").is_file()
+    assert not list((tmp_path / "out" / "endoscopy_colon").glob("mask_*"))  # no mask for what is not there
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "skin lesion: Dice" in summary and "polyp: not found (absent: correct)" in summary
+
+
+def test_demo_cli_with_a_missing_model_is_one_clear_line(tmp_path):
+    res = CliRunner().invoke(app, ["demo", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "not an RCMed model folder" in res.output and "Traceback" not in res.output
