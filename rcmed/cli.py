@@ -258,13 +258,35 @@ def _answer_one(file: Path, prompt: str, model: str, modality: str | None, as_js
 @app.command()
 @_friendly
 def describe(
-    file: Path = typer.Argument(..., help="Image file."),
+    file: Path = typer.Argument(..., help="2-D image file."),
+    target: list[str] = typer.Option([], "--target", "-t", help="What to look for (repeat); default: every target "
+                                     "the model was trained on for the image's modality."),
     model: str = typer.Option("default", "--model", help="Model folder (from rcmed train) or 'default'."),
     modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Modality when the file does not say it."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for overlay.png, masks and description.json."),
+    as_json: bool = typer.Option(False, "--json", help="Print description JSON."),
 ) -> None:
-    """Describe what the model sees in an image (its own words and the regions it names)."""
-    _answer_one(file, "Describe what you see in this image.", model, modality, as_json)
+    """Find targets with the model, then describe what it found (position, size, shape, relations)
+    with measurements taken on its own masks."""
+    from rcmed.io.readers import load
+    from rcmed.predictor import Predictor
+    from rcmed.segment_files import describe_file, known_targets
+
+    predictor = Predictor.from_pretrained(model)
+    names = list(target)
+    if not names:
+        mod = load(file, modality=modality).modality.value
+        names = known_targets(predictor.folder, mod) if predictor.folder else []
+    found, desc = describe_file(predictor, file, names, out, modality=modality)
+    if as_json:
+        typer.echo(json.dumps(desc.to_json()))
+        return
+    for name, t in found:
+        if t is None or not t.present:
+            typer.echo(f"  - {name}: not found (presence {0.0 if t is None else t.presence:.2f})")
+        else:
+            typer.echo(f"  - {name}: found (presence {t.presence:.2f})")
+    typer.echo(desc.text)
 
 
 @app.command()

@@ -91,6 +91,7 @@ class Predictor:
         self._geom: ImageGeometry | None = None
         self._pixels: torch.Tensor | None = None
         self._feats = None
+        self.folder: Path | None = None  # the model folder, when loaded from one
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default") -> "Predictor":
@@ -104,8 +105,10 @@ class Predictor:
             folder = Path(name_or_path)
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
             raise ModelNotAvailableError(f"{folder}: no config.json + model.safetensors; not an RCMed model folder")
-        return cls(RCMedModel.from_pretrained(folder), name=folder.name if folder.name != "model" else folder.parent.name,
-                   sha256=_model_sha(folder))
+        predictor = cls(RCMedModel.from_pretrained(folder), name=folder.name if folder.name != "model" else folder.parent.name,
+                        sha256=_model_sha(folder))
+        predictor.folder = folder
+        return predictor
 
     # ------------------------------------------------------------------ 2-D
     def set_image(self, image: MedicalImage | str | Path, modality: str | None = None, window="auto") -> None:

@@ -3,6 +3,7 @@ one mask per target (PNG for 2-D, NIfTI or DICOM-SEG for volumes) and `answer.js
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -83,3 +84,52 @@ def segment_file(predictor: Predictor, path: Path, prompt: str, out: Path, *, mo
     data = predictor.answer_json(answer, files)
     save_answer_json(out / "answer.json", data)
     return answer, data
+
+
+def known_targets(model_folder: Path, modality: str) -> list[str]:
+    """Target names the model was trained on for `modality` (`targets.json` beside its weights)."""
+    f = model_folder / "targets.json"
+    if not f.is_file():
+        return []
+    return list(json.loads(f.read_text()).get(modality, []))
+
+
+def describe_file(predictor: Predictor, path: Path, targets: list[str], out: Path | None = None, *,
+                  modality: str | None = None) -> tuple[list, object]:
+    """Find each named target with the model ("Segment the {name}."), then describe the regions
+    it found with the colour-region description engine, so every size, position and shape in
+    the text is measured on the model's own masks. Returns (answer targets, Description); with
+    `out`, writes overlay.png, one PNG per found target and description.json."""
+    from rcmed.data.describe import describe
+    from rcmed.io.normalize import normalize
+
+    if not targets:
+        raise RCMedInputError("--target", "name what to look for (--target NAME); this model lists no known "
+                              "targets for the image's modality")
+    image = load(path, modality=modality)
+    if image.is_volume:
+        raise RCMedInputError(path.name, "is a volume; describe one slice (save it as 2-D) or use rcmed segment")
+    predictor.set_image(image)
+    found = []
+    for name in targets:
+        answer = predictor.predict(f"Segment the {name}.")
+        t = next((t for t in answer.targets if t.present and t.mask is not None), None)
+        if t is None:
+            t = answer.targets[0] if answer.targets else None
+        found.append((name, t))
+    present = [(name, t) for name, t in found if t is not None and t.present and t.mask is not None]
+    names = [n for n, _ in present] + [n for n, t in found if not (t is not None and t.present and t.mask is not None)]
+    empty = np.zeros(image.spatial_shape, bool)
+    masks = [t.mask for _, t in present] + [empty] * (len(found) - len(present))
+    desc = describe(normalize(image), masks, names, modality=image.modality.value,
+                    spacing=image.spacing if image.spacing else None,
+                    orientation=image.orientation)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for k, (name, t) in enumerate(present):
+            write_mask_png(out / f"mask_{k}_{_safe(name)}.png", t.mask)
+        write_overlay_png(out / "overlay.png", image, [t.mask for _, t in present])
+        doc = {"model": {"name": predictor.name, "sha256": predictor.sha256}, **desc.to_json(),
+               "presence": {n: (round(t.presence, 4) if t is not None else 0.0) for n, t in found}}
+        save_answer_json(out / "description.json", doc)
+    return found, desc

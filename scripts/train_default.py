@@ -115,7 +115,14 @@ def export() -> None:
         run = RUNS / stage
         shutil.copy2(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_metrics.csv")
         shutil.copy2(run / "loss.png", WEIGHTS / f"{stage.split('-')[1]}_loss.png")
+    import os
+
     from rcmed.data.store import iter_records
+    from rcmed.train.config import TrainConfig
+    from rcmed.train.trainer import write_targets
+
+    os.chdir(ROOT)  # the run's data paths are relative to the repository
+    write_targets(TrainConfig.load(RUNS / "default-ground" / "train.json"), WEIGHTS / "targets.json")
 
     cases = sorted({r.case_id for store in ("train-built", "align-built") for r in iter_records(DATA / store, split="train")})
     (WEIGHTS / "training_cases.json").write_text(json.dumps(cases) + "\n")  # `rcmed eval` refuses these cases

@@ -106,8 +106,28 @@ def test_cli_batch_folder_and_describe(tiny_trained, tmp_path):
     d = json.loads(res.output)
     assert set(d) == {"ct0.png", "ct1.png", "broken.png"} and "error" in d["broken.png"]
     assert (tmp_path / "o" / "ct0" / "answer.json").is_file()
-    res = runner.invoke(app, ["describe", str(folder / "ct0.png"), "--model", str(tiny_trained), "-m", "ct", "--json"])
-    assert res.exit_code == 0 and "text" in json.loads(res.output)
+    # describe: the model finds the targets, the engine measures what it found
+    res = runner.invoke(app, ["describe", str(folder / "ct0.png"), "--model", str(tiny_trained), "-m", "ct",
+                              "-t", "liver", "-t", "tumour", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "d" / "description.json").read_text())
+    regions = {r["name"]: r for r in doc["regions"]}
+    assert set(regions) == {"liver", "tumour"} and set(doc["presence"]) == {"liver", "tumour"}
+    for k, name in enumerate(n for n in ("liver", "tumour") if regions[n]["present"]):
+        mask = np.asarray(Image.open(tmp_path / "d" / f"mask_{k}_{name}.png")) > 0
+        assert regions[name]["area_px"] == int(mask.sum())  # facts measured on the model's own mask
+    assert doc["text"] in res.output
+    # without --target: the targets the model was trained on for this modality (targets.json, written by rcmed train)
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_trained, model)
+    (model / "targets.json").write_text(json.dumps({"ct": ["body", "liver"], "mri": ["brain"]}))
+    res = runner.invoke(app, ["describe", str(folder / "ct0.png"), "--model", str(model), "-m", "ct", "--json"])
+    assert res.exit_code == 0, res.output
+    assert {r["name"] for r in json.loads(res.output)["regions"]} == {"body", "liver"}
+    res = runner.invoke(app, ["describe", str(folder / "ct0.png"), "--model", str(tiny_trained), "-m", "ct"])
+    assert res.exit_code == 2 and "--target" in res.output  # no targets.json and no --target: a clear error
 
 
 def test_point_prompts_and_instance_maps(predictor):

@@ -41,6 +41,7 @@ class TrainConfig:
     deterministic: bool = True  # torch deterministic kernels: a resumed run ends bit-identical
     tensorboard: bool = True  # also log every metric to RUN/tensorboard
     feature_cache: str | None = None  # folder caching a frozen encoder's features (see feature_cache.py)
+    prefetch: int = 2  # batches built ahead in a background thread (0: build inline); order is unchanged
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -71,3 +71,54 @@ def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, ran
         if not seen_any:
             raise ValueError(f"no training samples in {stores} (split {split!r}, rank {rank}/{world_size})")
         epoch += 1
+
+
+def batch_stream(stream: Iterator[tuple[int, str, Example]], batch_size: int, build, prefetch: int = 0
+                 ) -> Iterator[tuple[object, int, list[str]]]:
+    """(batch, position after its last sample, record ids) from an example stream, in stream order.
+
+    `prefetch` > 0 builds up to that many batches ahead in a background thread (decoding, normalising,
+    painting, tokenising and resizing overlap the model's step; the order, and so resume positions,
+    stay exactly those of `prefetch=0`). A failure in the thread is raised here, at the batch it hit.
+    """
+
+    def one() -> tuple[object, int, list[str]]:
+        examples, ids, position = [], [], 0
+        while len(examples) < batch_size:
+            position, record_id, ex = next(stream)
+            ids.append(record_id)
+            examples.append(ex)
+        return build(examples), position, ids
+
+    if prefetch <= 0:
+        while True:
+            yield one()
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                item = one()
+                while not stop.is_set():
+                    try:
+                        q.put(("ok", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=work, name="rcmed-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()

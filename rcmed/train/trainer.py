@@ -29,7 +29,7 @@ from rcmed.model.processing import build_batch
 from rcmed.model.rcmed import RCMedModel
 from rcmed.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rcmed.train.config import TrainConfig
-from rcmed.train.data import example_stream
+from rcmed.train.data import batch_stream, example_stream
 
 LOSS_KEYS = ("loss", "lm", "mask_bce", "mask_dice", "box_l1", "box_giou", "presence", "iou", "consistency")
 
@@ -124,6 +124,7 @@ class Trainer:
         stream = example_stream(cfg.data, cfg.stage, cfg.seed, start=positions[rank], rank=rank,
                                 world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer)
         position = positions[rank]
+        batches = batch_stream(stream, cfg.batch_size, lambda exs: build_batch(core.processor, exs, size), cfg.prefetch)
         seen: list[str] = []
         metrics_path = self.run / "metrics.csv"
         new_file = not metrics_path.exists()
@@ -149,12 +150,8 @@ class Trainer:
             sums = dict.fromkeys(LOSS_KEYS, 0.0)
             for _ in range(cfg.grad_accum):
                 td = time.perf_counter()
-                examples = []
-                while len(examples) < cfg.batch_size:
-                    position, record_id, ex = next(stream)
-                    seen.append(record_id)
-                    examples.append(ex)
-                batch = build_batch(core.processor, examples, size)
+                batch, position, ids = next(batches)
+                seen += ids
                 if cache is not None:
                     batch.features = cache.features(batch.pixel_values, core.encode)
                 data_s += time.perf_counter() - td
@@ -191,6 +188,7 @@ class Trainer:
                                     scheduler, step, all_pos[0], extra={"positions": all_pos})
                     _prune(self.run, cfg.keep_checkpoints)
         bar.close()
+        batches.close()  # stops the prefetch thread
         acc.wait_for_everyone()
         final = core.trainable_state_dict()
         ranks = self.run / "ranks"
@@ -205,10 +203,22 @@ class Trainer:
             if tb is not None:
                 tb.close()
             core.save_pretrained(self.run / "model")
+            write_targets(cfg, self.run / "model" / "targets.json")
             plot_losses(metrics_path, self.run / "loss.png")
         acc.wait_for_everyone()
         acc.end_training()
         return self.run / "model"
+
+
+def write_targets(cfg: TrainConfig, path: Path) -> None:
+    """The target names the run trained on, per modality (`rcmed describe` looks for these by default)."""
+    from rcmed.data.store import iter_records
+
+    names: dict[str, set[str]] = {}
+    for store in cfg.data:
+        for r in iter_records(store, split=cfg.split):
+            names.setdefault(r.modality, set()).update(r.targets, [r.instance_target] if r.instance_target else [])
+    path.write_text(json.dumps({m: sorted(v) for m, v in sorted(names.items())}, indent=1) + "\n")
 
 
 def _load_trainable(model: RCMedModel, folder: Path) -> None:

@@ -57,6 +57,8 @@ def test_run_writes_metrics_checkpoints_model_and_plot(built, tmp_path):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("loss/loss")] == list(range(1, 9))
+    targets = json.loads((model_dir / "targets.json").read_text())  # what `rcmed describe` looks for by default
+    assert "liver" in targets["ct"]
 
 
 def test_sigkill_then_resume_reaches_the_same_weights(built, tmp_path):
@@ -126,3 +128,25 @@ def test_feature_cache_fills_once_and_matches_uncached_training(built, tmp_path)
     assert a == pytest.approx(b, rel=1e-2)
     with pytest.raises(ValueError, match="frozen encoder"):
         Trainer(TrainConfig.load(_config(built, tmp_path / "bad", steps=2, feature_cache=str(tmp_path / "fc")))).train()
+
+
+def test_prefetched_batches_come_in_the_same_order_and_errors_surface(built):
+    from itertools import islice
+
+    from rcmed.train.data import batch_stream, example_stream
+
+    def build(exs):
+        return [e.prompt for e in exs]
+
+    def run(prefetch):
+        s = example_stream([str(built)], "ground", 3, split="train")
+        return [(b, p, ids) for b, p, ids in islice(batch_stream(s, 4, build, prefetch), 6)]
+
+    inline, ahead = run(0), run(3)
+    assert inline == ahead and inline[-1][1] >= 24  # at least 24 samples consumed
+
+    def failing(exs):
+        raise ValueError("bad sample")
+
+    with pytest.raises(ValueError, match="bad sample"):
+        next(batch_stream(example_stream([str(built)], "ground", 3, split="train"), 4, failing, 2))
