@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--wall-minutes", type=float, default=None, help="wall-clock minutes of the whole recipe, if timed")
     args = ap.parse_args()
     rows, s = tables(Path(args.eval) / "cases.jsonl")
-    (a_cfg, a_s, a_n), (g_cfg, g_s, g_n) = _run("align"), _run("ground")
+    (a_cfg, a_s, a_n), (g_cfg, g_s, g_n), (h_cfg, h_s, h_n) = _run("align"), _run("ground"), _run("ground2")
     size_mb = (WEIGHTS / "model.safetensors").stat().st_size / 2**20
     table = ["| modality | targets | RCMed Dice (words only) | LiteMedSAM + true box | presence acc. (questions) | description fact acc. |",
              "|---|---|---|---|---|---|"]
@@ -124,9 +124,10 @@ CPU out of the box and so that the training recipe is shown to work.
   (`feature_cache`), so steps did not pay for the encoder.
 - Stage 1, alignment (describe painted regions): {a_n} steps, batch {a_cfg['batch_size']}, lr {a_cfg['lr']}, {a_s / 60:.1f} min of step time.
 - Stage 2, grounding (prompts to answers with masks, boxes, presence, 2 loop rounds): {g_n} steps,
-  batch {g_cfg['batch_size']}, lr {g_cfg['lr']}, {g_cfg['schedule']} schedule, {g_s / 60:.1f} min of step time.{wall}
-- Configs: `configs/train/default_align.json`, `configs/train/default_ground.json`; loss curves
-  `align_loss.png`, `ground_loss.png` and per-step metrics `*_metrics.csv` in this folder.
+  batch {g_cfg['batch_size']}, lr {g_cfg['lr']}, {g_cfg['schedule']} schedule, {g_s / 60:.1f} min of step time; then
+  {h_n} more steps from there (lr {h_cfg['lr']}, new shuffle seed), {h_s / 60:.1f} min.{wall}
+- Configs: `configs/train/default_align.json`, `default_ground.json`, `default_ground2.json`; loss
+  curves `*_loss.png` and per-step metrics `*_metrics.csv` in this folder.
 - Reproduce: `python scripts/train_default.py all` then `python scripts/model_card.py`.
 
 ## Held-out results
@@ -146,7 +147,7 @@ Quality targets of the issue:
 ## Limits
 - Phantoms are schematic; Dice on phantoms says nothing about real scans. The only real data is
   one fluorescence nuclei image, evaluated on tiles of that same image.
-- Descriptions come from a 135M-parameter LM trained for {a_n + g_n} steps; they repeat the engine's
+- Descriptions come from a 135M-parameter LM trained for {a_n + g_n + h_n} steps; they repeat the engine's
   templates and are often wrong on facts (see the table).
 - 2-D only; volumes are segmented slice by slice from the middle slice's answer.
 - Not a medical device; not validated for any clinical use.

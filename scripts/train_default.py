@@ -3,7 +3,8 @@
     python scripts/train_default.py data     # phantoms + real nuclei tiles -> data/*-built
     python scripts/train_default.py align    # stage 1, configs/train/default_align.json
     python scripts/train_default.py ground   # stage 2, configs/train/default_ground.json (from stage 1)
-    python scripts/train_default.py export   # runs/default-ground/model -> rcmed/weights/default/
+    python scripts/train_default.py ground2  # stage 2 continued at a lower rate, default_ground2.json
+    python scripts/train_default.py export   # runs/default-ground2/model -> rcmed/weights/default/
     python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
     python scripts/train_default.py all      # everything above in order
 
@@ -104,26 +105,29 @@ def ground() -> None:
     _train("configs/train/default_ground.json")
 
 
+def ground2() -> None:
+    _train("configs/train/default_ground2.json")
+
+
 def export() -> None:
     """Copy the trained parts (not the pretrained base) into the package, with the training record."""
-    src = RUNS / "default-ground" / "model"
-    WEIGHTS.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file():
-            shutil.copy2(f, WEIGHTS / f.name)
-    for stage in ("default-align", "default-ground"):
-        run = RUNS / stage
-        shutil.copy2(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_metrics.csv")
-        shutil.copy2(run / "loss.png", WEIGHTS / f"{stage.split('-')[1]}_loss.png")
     import os
 
     from rcmed.data.store import iter_records
     from rcmed.train.config import TrainConfig
-    from rcmed.train.trainer import write_targets
+    from rcmed.train.trainer import plot_losses, write_targets
 
-    os.chdir(ROOT)  # the run's data paths are relative to the repository
-    write_targets(TrainConfig.load(RUNS / "default-ground" / "train.json"), WEIGHTS / "targets.json")
-
+    os.chdir(ROOT)  # the runs' data paths are relative to the repository
+    src = RUNS / "default-ground2" / "model"
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copy2(f, WEIGHTS / f.name)
+    for stage in ("default-align", "default-ground", "default-ground2"):
+        run = RUNS / stage
+        shutil.copy2(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_metrics.csv")
+        plot_losses(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_loss.png")
+    write_targets(TrainConfig.load(RUNS / "default-ground2" / "train.json"), WEIGHTS / "targets.json")
     cases = sorted({r.case_id for store in ("train-built", "align-built") for r in iter_records(DATA / store, split="train")})
     (WEIGHTS / "training_cases.json").write_text(json.dumps(cases) + "\n")  # `rcmed eval` refuses these cases
     size = sum(f.stat().st_size for f in WEIGHTS.iterdir())
@@ -141,7 +145,7 @@ def evaluate_default() -> None:
     (out / "summary.json").write_text(json.dumps(rep.tables, indent=1))
 
 
-STEPS = {"data": data, "align": align, "ground": ground, "export": export, "eval": evaluate_default}
+STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "export": export, "eval": evaluate_default}
 
 
 def main() -> None:

@@ -250,14 +250,21 @@ def plot_losses(metrics: Path, out: Path) -> None:
     rows = list(csv.DictReader(open(metrics)))
     if not rows:
         return
-    steps = [int(r["step"]) for r in rows]
+    import numpy as np
+
+    steps = np.array([int(r["step"]) for r in rows])
+    win = max(1, len(rows) // 40)  # moving average: per-step losses of mixed tasks are noisy
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in LOSS_KEYS:
-        vals = [float(r[key]) for r in rows]
-        if any(v > 0 for v in vals):
-            ax.plot(steps, [max(v, 1e-6) for v in vals], label=key, linewidth=2 if key == "loss" else 1)
+        vals = np.maximum(np.array([float(r[key]) for r in rows]), 1e-6)
+        if not (vals > 1e-6).any():
+            continue
+        smooth = np.convolve(vals, np.ones(win) / win, mode="valid")
+        line = ax.plot(steps[win - 1:], smooth, label=key, linewidth=2 if key == "loss" else 1)[0]
+        if key == "loss":
+            ax.plot(steps, vals, color=line.get_color(), alpha=0.2, linewidth=0.5)
     ax.set_yscale("log")
-    ax.set_xlabel("step")
+    ax.set_xlabel(f"step (moving average over {win} steps)")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7, ncol=3)
     ax.grid(alpha=0.3)
