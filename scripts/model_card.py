@@ -70,7 +70,7 @@ def _run(stage: str) -> tuple[dict, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval", default=str(ROOT / "runs" / "default-eval"))
-    ap.add_argument("--wall-minutes", type=float, default=None, help="wall-clock minutes of the whole recipe, if timed")
+    ap.add_argument("--wall-minutes", type=float, default=None, help="wall-clock minutes of the training runs, if timed")
     args = ap.parse_args()
     rows, s = tables(Path(args.eval) / "cases.jsonl")
     (a_cfg, a_s, a_n), (g_cfg, g_s, g_n), (h_cfg, h_s, h_n) = _run("align"), _run("ground"), _run("ground2")
@@ -88,7 +88,8 @@ def main() -> None:
         f"- Presence accuracy >= 0.95: **{'met' if s['presence'] >= 0.95 else 'not met'}** ({s['presence']:.3f}).",
         f"- Dice with words alone >= LiteMedSAM with the true box, per row: **{s['wins']} of {s['groups']}**.",
     ]
-    wall = f" The whole recipe took {args.wall_minutes:.0f} minutes of wall-clock time." if args.wall_minutes else ""
+    wall = (f" The three training runs took {args.wall_minutes:.0f} minutes of wall-clock time together (tests shared"
+            " the CPU for part of the alignment run)." if args.wall_minutes else "")
     card = f"""# RCMed default model (`rcmed/weights/default`)
 
 **Not a medical device. Trained on synthetic phantoms and one real microscopy image; do not use
@@ -141,14 +142,24 @@ measures.
 
 {chr(10).join(table)}
 
+The evaluation's own report, task registry and plots are in `eval/` beside this card.
+
 Quality targets of the issue:
 {chr(10).join(targets)}
 
 ## Limits
 - Phantoms are schematic; Dice on phantoms says nothing about real scans. The only real data is
   one fluorescence nuclei image, evaluated on tiles of that same image.
-- Descriptions come from a 135M-parameter LM trained for {a_n + g_n + h_n} steps; they repeat the engine's
-  templates and are often wrong on facts (see the table).
+- Descriptions by the model itself are poor (fact accuracy in the table): the alignment stage ran
+  only {a_n} steps and the {g_n + h_n} grounding steps that followed contain no description tasks, so
+  the model answers "What is the red region?" with the grounding template ("That is the heart.")
+  and usually the wrong name. `rcmed describe` therefore does not use the model's own words for
+  facts: it lets the model find targets and has the description engine measure its masks.
+- Presence is the weakest grounding skill: small or subtle targets that are absent (CT kidneys,
+  spleen or liver lesion on slices without them, X-ray nodules) are often reported present; see
+  `registry.csv` of the evaluation for each task's accuracy.
+- X-ray left/right lungs and small targets (kidneys, fundus lesions, nodules, MRI oedema) are the
+  rows where words alone fall well below the true-box oracle.
 - 2-D only; volumes are segmented slice by slice from the middle slice's answer.
 - Not a medical device; not validated for any clinical use.
 """
