@@ -147,7 +147,7 @@ class Predictor:
             labels, n_comp = ndi.label(mask) if mask is not None else (None, None)
             targets.append(Target(
                 name=t.name, present=present, score=t.score, presence=t.presence, mask=mask,
-                box=_mask_box(mask) if mask is not None else None,
+                box=mask_box(mask) if mask is not None else None,
                 components=None if n_comp is None else int(n_comp),
                 instances=None if labels is None else labels.astype(np.int32), area_px=area,
                 area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None))
@@ -239,9 +239,12 @@ def _check_prompt(prompt: str) -> str:
     return prompt.strip()
 
 
-def _mask_box(mask: np.ndarray) -> list[int]:
+def mask_box(mask: np.ndarray) -> list[int] | None:
+    """[x0, y0, x1, y1] inclusive pixels of a 2-D mask's foreground; None when it is empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
     return [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
 
 

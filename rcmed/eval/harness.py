@@ -203,7 +203,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     region is; its answer is checked against the facts the description engine measures."""
     from tqdm import tqdm
 
-    from rcmed.predictor import Predictor
+    from rcmed.predictor import Predictor, mask_box
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -269,7 +269,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                        "answer": answer.text}
                 registry[(rec.modality, rec.body_region, name, "presence")].append(float((p >= 0.5) == present))
                 if present:
-                    tb, pb = _mask_box(true), _mask_box(pred)
+                    tb, pb = mask_box(true), mask_box(pred)
                     row["box_iou"] = round(box_iou(pb, tb), 4) if pb is not None else 0.0
                     registry[(rec.modality, rec.body_region, name, "locate")].append(row["box_iou"])
                     is_inst = name == rec.instance_target
@@ -330,11 +330,6 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
 PASS = {"segment": 0.5, "presence": 0.9, "locate": 0.5, "count": 0.25, "describe": 0.5}
 _METRIC = {"segment": "dice", "presence": "accuracy", "locate": "box IoU", "count": "relative count error",
            "describe": "fact accuracy"}
-
-
-def _mask_box(mask: np.ndarray) -> list[int] | None:
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if ys.size else None
 
 
 def _describe_row(predictor, x: np.ndarray, rec, sample) -> dict[str, object] | None:
