@@ -27,7 +27,7 @@ demo: install
 	$(VENV)/bin/rcmed demo --out $(DEMO_OUT)/demo
 
 pipeline: install
-	rm -rf $(DEMO_OUT)
+	rm -rf $(addprefix $(DEMO_OUT)/,store describe train phantoms tiny segment)  # keeps demo_out/demo
 	$(VENV)/bin/rcmed info $(SAMPLE)/imagesTr/phantom_000_0000.nii.gz --modality ct
 	$(VENV)/bin/rcmed data convert $(SAMPLE) --format nnunet --out $(DEMO_OUT)/store
 	$(VENV)/bin/rcmed data split $(DEMO_OUT)/store --train 0.34 --val 0.33 --test 0.33
