@@ -241,7 +241,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     presence_p: list[float] = []
     presence_y: list[int] = []
     registry: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)  # (modality, region, target, task) -> scores
-    texts: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))  # modality -> (answers, references)
+    described: dict[str, list[dict[str, object]]] = defaultdict(list)  # modality -> describe rows
     n_rows = 0
     with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
         for rec in tqdm(records, desc="eval", unit="rec", disable=not progress):
@@ -314,12 +314,11 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                 row = _describe_row(predictor, x, rec, sample)
                 if row is not None:
                     registry[(rec.modality, rec.body_region, row["target"], "describe")].append(row["fact_accuracy"])
-                    texts[rec.modality][0].append(row["answer"])
-                    texts[rec.modality][1].append(row["reference"])
+                    described[rec.modality].append(row)
                     fh.write(json.dumps(row) + "\n")
                     n_rows += 1
     tables = _aggregate(pooled, meta, presence_p, presence_y)
-    tables["descriptions"] = _description_table(out / "cases.jsonl", texts)
+    tables["descriptions"] = _description_table(described)
     tables["registry"] = _registry_table(registry)
     _write_tables(out, tables)
     _plot(out, tables)
@@ -364,22 +363,18 @@ def _describe_row(predictor, x: np.ndarray, rec, sample) -> dict[str, object] | 
             "facts": checks, "fact_accuracy": round(sum(checks.values()) / len(checks), 4)}
 
 
-def _description_table(cases: Path, texts) -> list[dict[str, object]]:
+def _description_table(described: dict[str, list[dict[str, object]]]) -> list[dict[str, object]]:
     """Per modality: share of each checkable fact stated correctly, and BLEU / ROUGE-L against
-    the description engine's own text for the true mask."""
-    per: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    with open(cases, encoding="utf-8") as fh:
-        for line in fh:
-            r = json.loads(line)
-            if r.get("task") == "describe":
-                for k, v in r["facts"].items():
-                    per[r["modality"]][k].append(bool(v))
+    the description engine's own text for the true mask (one describe row per record)."""
     rows = []
-    for mod in sorted(per):
-        facts = per[mod]
+    for mod in sorted(described):
+        facts: dict[str, list[bool]] = defaultdict(list)
+        for r in described[mod]:
+            for k, v in r["facts"].items():  # type: ignore[union-attr]
+                facts[k].append(bool(v))
         allv = [v for vs in facts.values() for v in vs]
-        tm = text_metrics(*texts[mod]) if texts[mod][0] else {"bleu": float("nan"), "rouge_l": float("nan")}
-        rows.append({"modality": mod, "regions": len(texts[mod][0]),
+        tm = text_metrics([r["answer"] for r in described[mod]], [r["reference"] for r in described[mod]])
+        rows.append({"modality": mod, "regions": len(described[mod]),
                      **{f"{k}_acc": round(float(np.mean(facts[k])), 4) if facts.get(k) else None
                         for k in ("name", "position", "shape", "count")},
                      "fact_accuracy": round(float(np.mean(allv)), 4), "bleu": round(tm["bleu"], 2),
