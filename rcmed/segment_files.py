@@ -113,12 +113,10 @@ def describe_file(predictor: Predictor, path: Path, targets: list[str], out: Pat
     found = []
     for name in targets:
         answer = predictor.predict(f"Segment the {name}.")
-        t = next((t for t in answer.targets if t.present and t.mask is not None), None)
-        if t is None:
-            t = answer.targets[0] if answer.targets else None
-        found.append((name, t))
-    present = [(name, t) for name, t in found if t is not None and t.present and t.mask is not None]
-    names = [n for n, _ in present] + [n for n, t in found if not (t is not None and t.present and t.mask is not None)]
+        # a present target always has a non-empty mask (Predictor.predict reports the rest as not found)
+        found.append((name, next((t for t in answer.targets if t.present), answer.targets[0] if answer.targets else None)))
+    present = [(name, t) for name, t in found if t is not None and t.present]
+    names = [n for n, _ in present] + [n for n, t in found if t is None or not t.present]
     empty = np.zeros(image.spatial_shape, bool)
     masks = [t.mask for _, t in present] + [empty] * (len(found) - len(present))
     desc = describe(normalize(image), masks, names, modality=image.modality.value,
