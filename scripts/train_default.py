@@ -4,7 +4,9 @@
     python scripts/train_default.py align    # stage 1, configs/train/default_align.json
     python scripts/train_default.py ground   # stage 2, configs/train/default_ground.json (from stage 1)
     python scripts/train_default.py ground2  # stage 2 continued at a lower rate, default_ground2.json
-    python scripts/train_default.py export   # runs/default-ground2/model -> rcmed/weights/default/
+    python scripts/train_default.py mixed    # stage 2 continued with description tasks mixed in, more
+                                             # multi-target and absent-target examples (default_mixed.json)
+    python scripts/train_default.py export   # runs/default-mixed/model -> rcmed/weights/default/
     python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
     python scripts/train_default.py all      # everything above in order
 
@@ -109,6 +111,14 @@ def ground2() -> None:
     _train("configs/train/default_ground2.json")
 
 
+def mixed() -> None:
+    _train("configs/train/default_mixed.json")
+
+
+FINAL = "default-mixed"  # the run whose model ships
+STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed")
+
+
 def export() -> None:
     """Copy the trained parts (not the pretrained base) into the package, with the training record."""
     import os
@@ -118,16 +128,16 @@ def export() -> None:
     from rcmed.train.trainer import plot_losses, write_targets
 
     os.chdir(ROOT)  # the runs' data paths are relative to the repository
-    src = RUNS / "default-ground2" / "model"
+    src = RUNS / FINAL / "model"
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file():
             shutil.copy2(f, WEIGHTS / f.name)
-    for stage in ("default-align", "default-ground", "default-ground2"):
+    for stage in STAGES:
         run = RUNS / stage
         shutil.copy2(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_metrics.csv")
         plot_losses(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_loss.png")
-    write_targets(TrainConfig.load(RUNS / "default-ground2" / "train.json"), WEIGHTS / "targets.json")
+    write_targets(TrainConfig.load(RUNS / FINAL / "train.json"), WEIGHTS / "targets.json")
     cases = sorted({r.case_id for store in ("train-built", "align-built") for r in iter_records(DATA / store, split="train")})
     (WEIGHTS / "training_cases.json").write_text(json.dumps(cases) + "\n")  # `rcmed eval` refuses these cases
     size = sum(f.stat().st_size for f in WEIGHTS.iterdir())
@@ -145,7 +155,7 @@ def evaluate_default() -> None:
     (out / "summary.json").write_text(json.dumps(rep.tables, indent=1))
 
 
-STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "export": export, "eval": evaluate_default}
+STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "export": export, "eval": evaluate_default}
 
 
 def main() -> None:

@@ -10,8 +10,10 @@ from typing import Literal
 
 @dataclass
 class TrainConfig:
-    """`stage`: "align" (describe coloured regions of overlays: vision -> language) or "ground"
-    (prompts -> answers with `<seg>` targets, masks, boxes, presence, loop rounds). `data`: built
+    """`stage`: "align" (describe coloured regions of overlays: vision -> language), "ground"
+    (prompts -> answers with `<seg>` targets, masks, boxes, presence, loop rounds) or "mixed" (both,
+    so grounding keeps the descriptions). `task_weights` / `absent_fraction`: how the example of a
+    record is drawn (`rcmed.train.data.DrawPolicy`; defaults: uniform). `data`: built
     triplet stores (`rcmed data build`). `init_from`: a checkpoint folder to start from (stage 2
     starts from stage 1). `model`: a preset name ("tiny", "default") or a model config JSON path.
     `model_overrides`: fields of `RCMedConfig` to change (e.g. {"loop_rounds": 1}). Steps count
@@ -21,7 +23,9 @@ class TrainConfig:
     out: str = "runs/tiny"
     model: str = "tiny"
     model_overrides: dict[str, object] = field(default_factory=dict)
-    stage: Literal["align", "ground"] = "ground"
+    stage: Literal["align", "ground", "mixed"] = "ground"
+    task_weights: dict[str, float] = field(default_factory=dict)
+    absent_fraction: float = 0.0
     init_from: str | None = None
     split: str | None = "train"
     steps: int = 100
@@ -42,6 +46,13 @@ class TrainConfig:
     tensorboard: bool = True  # also log every metric to RUN/tensorboard
     feature_cache: str | None = None  # folder caching a frozen encoder's features (see feature_cache.py)
     prefetch: int = 2  # batches built ahead in a background thread (0: build inline); order is unchanged
+
+    def __post_init__(self) -> None:
+        from rcmed.train.data import STAGES, DrawPolicy
+
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        DrawPolicy(dict(self.task_weights), float(self.absent_fraction))  # raises on unknown tasks or bad values
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

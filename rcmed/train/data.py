@@ -2,7 +2,10 @@
 
 Stage "align" shows the model the painted overlay and asks for the colour-region description;
 stage "ground" shows the plain image and asks for targets, with one mask per `<seg>` (None for an
-absent target). The stream position (samples consumed on this rank) is part of the checkpoint, so
+absent target); stage "mixed" draws from both (each align example still shown painted), so
+grounding does not wash out the descriptions learnt in alignment. Which example of a record is
+drawn follows a `DrawPolicy`: per-task weights, and a floor on absent-target examples (a record
+has few of them, yet they are what teaches the presence head to say "not found"). The stream position (samples consumed on this rank) is part of the checkpoint, so
 a resumed run continues with exactly the next sample.
 """
 
@@ -10,32 +13,77 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from rcmed.data.store import Sample, ShardStream
 from rcmed.io.image import MedicalImage, parse_modality
 from rcmed.io.normalize import normalize
+from rcmed.data.instructions import ABSENT
 from rcmed.model.processing import SEG, Example
 from rcmed.overlay import paint
 
 ALIGN_TASKS = {"describe_all", "describe_colour"}
+GROUND_TASKS = {"segment_name", "segment_multi", "segment_description", "absent", "presence", "locate", "count"}
+STAGES = ("align", "ground", "mixed")
 
 
-def sample_examples(sample: Sample, stage: str, rng: random.Random) -> list[Example]:
+@dataclass(frozen=True)
+class DrawPolicy:
+    """How the one example of a record is drawn. `task_weights`: relative weight of each example by its
+    task (missing tasks weigh 1, 0 never drawn). `absent_fraction`: when the record has examples about an
+    absent target (seg target -1), draw among those with this probability (0: by weight only)."""
+
+    task_weights: dict[str, float] = field(default_factory=dict)
+    absent_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.task_weights) - ALIGN_TASKS - GROUND_TASKS
+        if unknown:
+            raise ValueError(f"task_weights: unknown tasks {sorted(unknown)} (known: "
+                             f"{sorted(ALIGN_TASKS | GROUND_TASKS)})")
+        if any(w < 0 for w in self.task_weights.values()):
+            raise ValueError("task_weights must be >= 0")
+        if not 0.0 <= self.absent_fraction <= 1.0:
+            raise ValueError(f"absent_fraction must be in [0, 1], got {self.absent_fraction}")
+
+    def draw(self, examples: list[dict], rng: random.Random) -> dict | None:
+        pool = [e for e in examples if self.task_weights.get(e["task"], 1.0) > 0]
+        if not pool:
+            return None
+        absent = [e for e in pool if ABSENT in e.get("seg_targets", [])]
+        if absent and self.absent_fraction > 0 and rng.random() < self.absent_fraction:
+            pool = absent
+        weights = [self.task_weights.get(e["task"], 1.0) for e in pool]
+        return rng.choices(pool, weights=weights)[0]
+
+
+def _in_stage(task: str, stage: str) -> bool:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r} (one of {STAGES})")
+    return stage == "mixed" or (task in ALIGN_TASKS) == (stage == "align")
+
+
+def sample_examples(sample: Sample, stage: str, rng: random.Random, policy: DrawPolicy | None = None) -> list[Example]:
     """Training examples of one record for a stage (one drawn example per record and pass)."""
     rec = sample.record
-    tasks = [e for e in rec.examples if (e["task"] in ALIGN_TASKS) == (stage == "align")]
-    if not tasks:
-        return []
-    ex = rng.choice(tasks)
+    tasks = [e for e in rec.examples if _in_stage(e["task"], stage)]
+    if policy is None:
+        if not tasks:
+            return []
+        ex = rng.choice(tasks)
+    else:
+        ex = policy.draw(tasks, rng)
+        if ex is None:
+            return []
     img = MedicalImage(array=sample.image, modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3)
     x = normalize(img)
     # region k of the description: masks first (targets), then the instance class, then absent names
     region_masks: list[np.ndarray | None] = list(sample.masks)
     if sample.instances is not None and rec.instance_target:
         region_masks.append(sample.instances > 0)
-    if stage == "align":
+    if ex["task"] in ALIGN_TASKS:
         painted = paint(x, [m for m in region_masks if m is not None]) / 255.0
         return [Example(painted.astype(np.float32), ex["prompt"], ex["answer"], [])]
     masks: list[np.ndarray | None] = []
@@ -47,7 +95,7 @@ def sample_examples(sample: Sample, stage: str, rng: random.Random) -> list[Exam
 
 
 def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
-                   split: str | None = "train", buffer: int = 64) -> Iterator[tuple[int, str, Example]]:
+                   split: str | None = "train", buffer: int = 64, policy: DrawPolicy | None = None) -> Iterator[tuple[int, str, Example]]:
     """Endless (position, record id, example) stream over the stores, epoch after epoch, deterministic for a
     seed; `start` skips that many samples of this rank (resume)."""
     base = 0  # this rank's samples in the streams already passed (consumed or skipped)
@@ -63,7 +111,7 @@ def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, ran
             for sample in stream:
                 j += 1
                 rng = random.Random(seed * 1_000_003 + base + j)
-                for ex in sample_examples(sample, stage, rng):
+                for ex in sample_examples(sample, stage, rng, policy):
                     yield base + j, sample.record.id, ex
             n = getattr(stream, "n_mine", 0)
             seen_any = seen_any or n > 0

@@ -29,7 +29,7 @@ from rcmed.model.processing import build_batch
 from rcmed.model.rcmed import RCMedModel
 from rcmed.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rcmed.train.config import TrainConfig
-from rcmed.train.data import batch_stream, example_stream
+from rcmed.train.data import DrawPolicy, batch_stream, example_stream
 
 LOSS_KEYS = ("loss", "lm", "mask_bce", "mask_dice", "box_l1", "box_giou", "presence", "iou", "consistency")
 
@@ -121,8 +121,11 @@ class Trainer:
 
             cache = FeatureCache(cfg.feature_cache, core.image_encoder)
         rank = acc.process_index
+        policy = (DrawPolicy(cfg.task_weights, cfg.absent_fraction)
+                  if cfg.task_weights or cfg.absent_fraction else None)  # None: the plain uniform draw
         stream = example_stream(cfg.data, cfg.stage, cfg.seed, start=positions[rank], rank=rank,
-                                world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer)
+                                world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer,
+                                policy=policy)
         position = positions[rank]
         batches = batch_stream(stream, cfg.batch_size, lambda exs: build_batch(core.processor, exs, size), cfg.prefetch)
         seen: list[str] = []

@@ -150,3 +150,34 @@ def test_prefetched_batches_come_in_the_same_order_and_errors_surface(built):
 
     with pytest.raises(ValueError, match="bad sample"):
         next(batch_stream(example_stream([str(built)], "ground", 3, split="train"), 4, failing, 2))
+
+
+def test_draw_policy_weights_tasks_and_raises_absent_examples(built):
+    """Stage "mixed" draws align and ground tasks (align ones shown painted, with no masks); task
+    weights of 0 exclude a task; `absent_fraction` raises the share of absent-target examples."""
+    from collections import Counter
+    from itertools import islice
+
+    from rcmed.train.data import DrawPolicy, example_stream
+
+    def stats(stage, policy, n=240):
+        c, absent = Counter(), 0
+        for _, _, ex in islice(example_stream([str(built)], stage, 5, split="train", policy=policy), n):
+            kind = "align" if not ex.masks and "<seg>" not in ex.answer and "<box>" not in ex.answer else "ground"
+            c[kind] += 1
+            absent += any(m is None for m in ex.masks)
+        return c, absent / n
+
+    mixed, _ = stats("mixed", None)
+    assert mixed["align"] > 20 and mixed["ground"] > 20
+    only_ground, _ = stats("mixed", DrawPolicy({"describe_all": 0, "describe_colour": 0}))
+    assert only_ground["align"] == 0
+    _, base = stats("ground", DrawPolicy())
+    _, raised = stats("ground", DrawPolicy(absent_fraction=0.6))
+    assert base < 0.3 and raised > base + 0.2
+    with pytest.raises(ValueError, match="unknown tasks"):
+        DrawPolicy({"segmnet_name": 2})
+    with pytest.raises(ValueError, match="absent_fraction"):
+        TrainConfig(absent_fraction=1.5)
+    with pytest.raises(ValueError, match="stage"):
+        TrainConfig(stage="pretrain")
