@@ -74,6 +74,8 @@ def main() -> None:
     args = ap.parse_args()
     rows, s = tables(Path(args.eval) / "cases.jsonl")
     (a_cfg, a_s, a_n), (g_cfg, g_s, g_n), (h_cfg, h_s, h_n) = _run("align"), _run("ground"), _run("ground2")
+    m_cfg, m_s, m_n = _run("mixed")
+    weights = ", ".join(f"{k} {v:g}" for k, v in m_cfg["task_weights"].items())
     size_mb = (WEIGHTS / "model.safetensors").stat().st_size / 2**20
     table = ["| modality | targets | RCMed Dice (words only) | LiteMedSAM + true box | presence acc. (questions) | description fact acc. |",
              "|---|---|---|---|---|---|"]
@@ -88,7 +90,7 @@ def main() -> None:
         f"- Presence accuracy >= 0.95: **{'met' if s['presence'] >= 0.95 else 'not met'}** ({s['presence']:.3f}).",
         f"- Dice with words alone >= LiteMedSAM with the true box, per row: **{s['wins']} of {s['groups']}**.",
     ]
-    wall = (f" The three training runs took {args.wall_minutes:.0f} minutes of wall-clock time together (tests shared"
+    wall = (f" The four training runs took {args.wall_minutes:.0f} minutes of wall-clock time together (tests shared"
             " the CPU for part of the alignment run)." if args.wall_minutes else "")
     card = f"""# RCMed default model (`rcmed/weights/default`)
 
@@ -126,8 +128,13 @@ CPU out of the box and so that the training recipe is shown to work.
 - Stage 1, alignment (describe painted regions): {a_n} steps, batch {a_cfg['batch_size']}, lr {a_cfg['lr']}, {a_s / 60:.1f} min of step time.
 - Stage 2, grounding (prompts to answers with masks, boxes, presence, 2 loop rounds): {g_n} steps,
   batch {g_cfg['batch_size']}, lr {g_cfg['lr']}, {g_cfg['schedule']} schedule, {g_s / 60:.1f} min of step time; then
-  {h_n} more steps from there (lr {h_cfg['lr']}, new shuffle seed), {h_s / 60:.1f} min.{wall}
-- Configs: `configs/train/default_align.json`, `default_ground.json`, `default_ground2.json`; loss
+  {h_n} more steps from there (lr {h_cfg['lr']}, new shuffle seed), {h_s / 60:.1f} min.
+- Stage 2, mixed: {m_n} more steps (lr {m_cfg['lr']}, seed {m_cfg['seed']}, {m_s / 60:.1f} min) drawing grounding
+  and description tasks together (description examples shown painted), with task weights ({weights};
+  others 1) and {m_cfg['absent_fraction']:.0%} of the draws from a record's absent-target examples where it has
+  some, so that alignment is not washed out and the presence head sees enough negatives.{wall}
+- Configs: `configs/train/default_align.json`, `default_ground.json`, `default_ground2.json`,
+  `default_mixed.json`; loss
   curves `*_loss.png` and per-step metrics `*_metrics.csv` in this folder.
 - Reproduce: `python scripts/train_default.py all` then `python scripts/model_card.py`.
 
@@ -150,16 +157,18 @@ Quality targets of the issue:
 ## Limits
 - Phantoms are schematic; Dice on phantoms says nothing about real scans. The only real data is
   one fluorescence nuclei image, evaluated on tiles of that same image.
-- Descriptions by the model itself are poor (fact accuracy in the table): the alignment stage ran
-  only {a_n} steps and the {g_n + h_n} grounding steps that followed contain no description tasks, so
-  the model answers "What is the red region?" with the grounding template ("That is the heart.")
-  and usually the wrong name. `rcmed describe` therefore does not use the model's own words for
-  facts: it lets the model find targets and has the description engine measure its masks.
-- Presence is the weakest grounding skill: small or subtle targets that are absent (CT kidneys,
-  spleen or liver lesion on slices without them, X-ray nodules) are often reported present; see
-  `registry.csv` of the evaluation for each task's accuracy.
-- X-ray left/right lungs and small targets (kidneys, fundus lesions, nodules, MRI oedema) are the
-  rows where words alone fall well below the true-box oracle.
+- Descriptions by the model itself are partial (fact accuracy in the table): name, position and
+  shape are often right, counts and X-ray names mostly wrong. `rcmed describe` therefore does not
+  use the model's own words for facts: it lets the model find targets and has the description
+  engine measure its masks.
+- Presence is the weakest grounding skill, and small targets are where it fails: the mixed stage
+  drew more absent-target examples, which removed most false alarms on absent targets but left
+  the model calling small present targets absent (CT liver lesions, X-ray nodules: Dice 0 on
+  those rows); see `registry.csv` of the evaluation for each task's accuracy.
+- X-ray left lung (often drawn over both lungs), nodules and pneumothorax, CT liver lesions and
+  kidneys are the targets where words alone fall well below the true-box oracle.
+- Answer text and masks come from two heads (language model and presence head) and can disagree
+  (e.g. "not present" with a mask drawn); the `present` field of each target is the decision.
 - 2-D only; volumes are segmented slice by slice from the middle slice's answer.
 - Not a medical device; not validated for any clinical use.
 """
