@@ -59,8 +59,22 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        d = json.loads(Path(path).read_text())
+        """Read a config JSON; anything wrong with it (missing, not JSON, unknown options, bad values) is an
+        `RCMedInputError` naming the file, which the CLI prints as one line."""
+        from rcmed.errors import RCMedInputError
+
+        try:
+            d = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise RCMedInputError(path, f"cannot read the training config ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise RCMedInputError(path, f"not valid JSON ({exc})") from None
+        if not isinstance(d, dict):
+            raise RCMedInputError(path, "a training config is a JSON object of options")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"{Path(path).name}: unknown training options {sorted(unknown)}")
-        return cls(**d)
+            raise RCMedInputError(path, f"unknown training options {sorted(unknown)}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as exc:
+            raise RCMedInputError(path, str(exc)) from None

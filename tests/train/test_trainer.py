@@ -181,3 +181,22 @@ def test_draw_policy_weights_tasks_and_raises_absent_examples(built):
         TrainConfig(absent_fraction=1.5)
     with pytest.raises(ValueError, match="stage"):
         TrainConfig(stage="pretrain")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"stage": "mixed", "task_weights": {"segmnt": 1}}', "unknown tasks ['segmnt']"),
+    ('{"stepz": 3}', "unknown training options ['stepz']"),
+    ('{"steps": 3,', "not valid JSON"),
+    ('[1, 2]', "JSON object"),
+    ('{"absent_fraction": -0.1}', "absent_fraction"),
+])
+def test_cli_train_bad_config_is_one_line_error(tmp_path, text, expected):
+    from typer.testing import CliRunner
+
+    from rcmed.cli import app
+
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(text)
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg)])
+    assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists()
