@@ -5,8 +5,9 @@ stage "ground" shows the plain image and asks for targets, with one mask per `<s
 absent target); stage "mixed" draws from both (each align example still shown painted), so
 grounding does not wash out the descriptions learnt in alignment. Which example of a record is
 drawn follows a `DrawPolicy`: per-task weights, and a floor on absent-target examples (a record
-has few of them, yet they are what teaches the presence head to say "not found"). The stream position (samples consumed on this rank) is part of the checkpoint, so
-a resumed run continues with exactly the next sample.
+has few of them, yet they are what teaches the presence head to say "not found"). The stream
+position (samples consumed on this rank) is part of the checkpoint, so a resumed run continues
+with exactly the next sample.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rcmed.data.instructions import ABSENT
 from rcmed.data.store import Sample, ShardStream
 from rcmed.io.image import MedicalImage, parse_modality
 from rcmed.io.normalize import normalize
-from rcmed.data.instructions import ABSENT
 from rcmed.model.processing import SEG, Example
 from rcmed.overlay import paint
 
@@ -33,7 +34,8 @@ STAGES = ("align", "ground", "mixed")
 class DrawPolicy:
     """How the one example of a record is drawn. `task_weights`: relative weight of each example by its
     task (missing tasks weigh 1, 0 never drawn). `absent_fraction`: when the record has examples about an
-    absent target (seg target -1), draw among those with this probability (0: by weight only)."""
+    absent target (seg target -1), draw among those with this probability (0: by weight only). The default
+    policy is the plain uniform draw (`rng.choice`), so runs without weights draw exactly as before."""
 
     task_weights: dict[str, float] = field(default_factory=dict)
     absent_fraction: float = 0.0
@@ -52,31 +54,25 @@ class DrawPolicy:
         pool = [e for e in examples if self.task_weights.get(e["task"], 1.0) > 0]
         if not pool:
             return None
-        absent = [e for e in pool if ABSENT in e.get("seg_targets", [])]
-        if absent and self.absent_fraction > 0 and rng.random() < self.absent_fraction:
-            pool = absent
+        if self.absent_fraction > 0:
+            absent = [e for e in pool if ABSENT in e.get("seg_targets", [])]
+            if absent and rng.random() < self.absent_fraction:
+                pool = absent
+        if not self.task_weights:
+            return rng.choice(pool)
         weights = [self.task_weights.get(e["task"], 1.0) for e in pool]
         return rng.choices(pool, weights=weights)[0]
 
 
-def _in_stage(task: str, stage: str) -> bool:
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r} (one of {STAGES})")
-    return stage == "mixed" or (task in ALIGN_TASKS) == (stage == "align")
-
-
 def sample_examples(sample: Sample, stage: str, rng: random.Random, policy: DrawPolicy | None = None) -> list[Example]:
     """Training examples of one record for a stage (one drawn example per record and pass)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r} (one of {STAGES})")
     rec = sample.record
-    tasks = [e for e in rec.examples if _in_stage(e["task"], stage)]
-    if policy is None:
-        if not tasks:
-            return []
-        ex = rng.choice(tasks)
-    else:
-        ex = policy.draw(tasks, rng)
-        if ex is None:
-            return []
+    tasks = [e for e in rec.examples if stage == "mixed" or (e["task"] in ALIGN_TASKS) == (stage == "align")]
+    ex = (policy or DrawPolicy()).draw(tasks, rng)
+    if ex is None:
+        return []
     img = MedicalImage(array=sample.image, modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3)
     x = normalize(img)
     # region k of the description: masks first (targets), then the instance class, then absent names

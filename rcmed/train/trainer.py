@@ -121,8 +121,7 @@ class Trainer:
 
             cache = FeatureCache(cfg.feature_cache, core.image_encoder)
         rank = acc.process_index
-        policy = (DrawPolicy(cfg.task_weights, cfg.absent_fraction)
-                  if cfg.task_weights or cfg.absent_fraction else None)  # None: the plain uniform draw
+        policy = DrawPolicy(cfg.task_weights, cfg.absent_fraction)
         stream = example_stream(cfg.data, cfg.stage, cfg.seed, start=positions[rank], rank=rank,
                                 world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer,
                                 policy=policy)
