@@ -45,6 +45,9 @@ _P_SEGMENT = (
     "Where is the {name}?",
     "Could you outline the {name} for me?",
     "Show me the {name} in this {mod} scan.",
+    "Segment the {name} in this {mod} image.",
+    "Find the {name}.",
+    "Can you mark the {name}?",
 )
 _P_MULTI = ("Segment the {names}.", "Please delineate the {names}.", "Show the {names}.")
 _P_DESCRIPTION = ("Segment the {desc}.", "Which structure is the {desc}? Outline it.", "Outline the {desc}.")
@@ -66,9 +69,20 @@ class Example:
     answer: str
     seg_targets: list[int] = field(default_factory=list)
     boxes: list[list[int]] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # every phrasing of the same request (training redraws one)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+def _ask(task: str, rng: random.Random, templates: tuple[str, ...], fields: dict[str, str], answer: str,
+         seg_targets: list[int] | None = None, boxes: list[list[int]] | None = None) -> Example:
+    """An example whose prompt is one phrasing drawn from `templates`, keeping all of them in `prompts` so
+    that training can ask the same thing in every way (a model that met one phrasing per record learns
+    the phrasing, not the request)."""
+    prompts = [t.format(**fields) for t in templates]
+    return Example(task, rng.choice(templates).format(**fields), answer, list(seg_targets or []), list(boxes or []),
+                   prompts)
 
 
 def _box1000(box: list[int], shape: tuple[int, int]) -> list[int]:
@@ -102,43 +116,43 @@ def build_examples(
     negatives = [f.name for f in desc.regions if not f.present] + list(absent or [])
     ex: list[Example] = []
     if present:
-        ex.append(Example("describe_all", rng.choice(_P_DESCRIBE_ALL).format(mod=mod),
-                          " ".join(f.text for _, f in present)))
+        ex.append(_ask("describe_all", rng, _P_DESCRIBE_ALL, dict(mod=mod),
+                       " ".join(f.text for _, f in present)))
     for k, f in present:
-        ex.append(Example("describe_colour", rng.choice(_P_DESCRIBE_COLOUR).format(colour=f.colour),
-                          region_text(f, modality, random.Random(hash_seed(seed, k + 31)))))
+        ex.append(_ask("describe_colour", rng, _P_DESCRIBE_COLOUR, dict(colour=f.colour),
+                       region_text(f, modality, random.Random(hash_seed(seed, k + 31)))))
         where = f"in the {f.grid_position} of the image" if f.grid_position != "centre" else "in the centre of the image"
         if f.count is not None:
-            ex.append(Example("count", rng.choice(_P_COUNT).format(name=f.name),
-                              f"There are {f.count} {f.name} {SEG}.", [k]))
-            ex.append(Example("segment_name", rng.choice(_P_SEGMENT).format(name=f.name, mod=mod),
-                              f"Here are the {f.count} {f.name} {SEG}, {f.distribution}.", [k]))
+            ex.append(_ask("count", rng, _P_COUNT, dict(name=f.name),
+                           f"There are {f.count} {f.name} {SEG}.", [k]))
+            ex.append(_ask("segment_name", rng, _P_SEGMENT, dict(name=f.name, mod=mod),
+                           f"Here are the {f.count} {f.name} {SEG}, {f.distribution}.", [k]))
         else:
-            ex.append(Example("segment_name", rng.choice(_P_SEGMENT).format(name=f.name, mod=mod),
-                              f"The {f.name} {SEG} is {where}.", [k]))
+            ex.append(_ask("segment_name", rng, _P_SEGMENT, dict(name=f.name, mod=mod),
+                           f"The {f.name} {SEG} is {where}.", [k]))
         box = f.box or [0, 0, 0, 0]
-        ex.append(Example("locate", rng.choice(_P_LOCATE).format(name=f.name),
-                          f"The {f.name} {BOX} is at {_box1000(box, image_shape)}.", [], [list(box)]))
-        ex.append(Example("presence", rng.choice(_P_PRESENCE).format(name=f.name),
-                          f"Yes, the {f.name} {SEG} is present, {where}.", [k]))
+        ex.append(_ask("locate", rng, _P_LOCATE, dict(name=f.name),
+                       f"The {f.name} {BOX} is at {_box1000(box, image_shape)}.", [], [list(box)]))
+        ex.append(_ask("presence", rng, _P_PRESENCE, dict(name=f.name),
+                       f"Yes, the {f.name} {SEG} is present, {where}.", [k]))
     # Segment by description only where the description picks out one region.
     keys = [(_descriptor(f)) for _, f in present if f.count is None]
     for k, f in present:
         if f.count is None and keys.count(_descriptor(f)) == 1:
-            ex.append(Example("segment_description", rng.choice(_P_DESCRIPTION).format(desc=_descriptor(f)),
-                              f"That is the {f.name} {SEG}.", [k]))
+            ex.append(_ask("segment_description", rng, _P_DESCRIPTION, dict(desc=_descriptor(f)),
+                           f"That is the {f.name} {SEG}.", [k]))
     if len(present) >= 2:
         names = [f.name for _, f in present]
         joined = ", the ".join(names[:-1]) + f" and the {names[-1]}"
         parts = [f"the {f.name} {SEG}" for _, f in present]
         answer = ", ".join(parts[:-1]) + f" and {parts[-1]}"
-        ex.append(Example("segment_multi", rng.choice(_P_MULTI).format(names=joined),
-                          f"Here are {answer}.", [k for k, _ in present]))
+        ex.append(_ask("segment_multi", rng, _P_MULTI, dict(names=joined),
+                       f"Here are {answer}.", [k for k, _ in present]))
     for name in negatives:
         # The absent target still gets its <seg>: the model's presence head answers "absent" for
         # it (index -1: supervise presence = 0, no mask), so absence is learned, not implied.
-        ex.append(Example("absent", rng.choice(_P_SEGMENT).format(name=name, mod=mod),
-                          f"The {name} {SEG} is not present in this image.", [ABSENT]))
-        ex.append(Example("presence", rng.choice(_P_PRESENCE).format(name=name),
-                          f"No, the {name} {SEG} is not in this image.", [ABSENT]))
+        ex.append(_ask("absent", rng, _P_SEGMENT, dict(name=name, mod=mod),
+                       f"The {name} {SEG} is not present in this image.", [ABSENT]))
+        ex.append(_ask("presence", rng, _P_PRESENCE, dict(name=name),
+                       f"No, the {name} {SEG} is not in this image.", [ABSENT]))
     return ex

@@ -73,6 +73,8 @@ def sample_examples(sample: Sample, stage: str, rng: random.Random, policy: Draw
     ex = (policy or DrawPolicy()).draw(tasks, rng)
     if ex is None:
         return []
+    # the request asked in one of its phrasings, drawn anew each time (stores built before `prompts`: the one kept)
+    prompt = rng.choice(ex["prompts"]) if ex.get("prompts") else ex["prompt"]
     img = MedicalImage(array=sample.image, modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3)
     x = normalize(img)
     # region k of the description: masks first (targets), then the instance class, then absent names
@@ -81,13 +83,13 @@ def sample_examples(sample: Sample, stage: str, rng: random.Random, policy: Draw
         region_masks.append(sample.instances > 0)
     if ex["task"] in ALIGN_TASKS:
         painted = paint(x, [m for m in region_masks if m is not None]) / 255.0
-        return [Example(painted.astype(np.float32), ex["prompt"], ex["answer"], [])]
+        return [Example(painted.astype(np.float32), prompt, ex["answer"], [])]
     masks: list[np.ndarray | None] = []
     for k in ex["seg_targets"]:
         masks.append(region_masks[k] if 0 <= k < len(region_masks) else None)
     if ex["answer"].count(SEG) != len(masks):
         return []
-    return [Example(x, ex["prompt"], ex["answer"], masks)]
+    return [Example(x, prompt, ex["answer"], masks)]
 
 
 def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,

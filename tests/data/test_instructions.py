@@ -71,3 +71,13 @@ def test_prompts_vary_but_are_deterministic():
     assert a == [e.prompt for e in _examples(1)[1]]
     prompts = {tuple(e.prompt for e in _examples(s)[1]) for s in range(6)}
     assert len(prompts) > 2
+
+
+def test_every_phrasing_of_a_request_is_kept_for_training():
+    _, ex = _examples()
+    for e in ex:
+        assert e.prompt in e.prompts and len(e.prompts) >= 3
+        assert len(set(e.prompts)) == len(e.prompts)
+    seg = next(e for e in ex if e.task == "segment_name" and e.seg_targets == [0])
+    assert "Segment the cyst." in seg.prompts and all("cyst" in p for p in seg.prompts)
+    assert all("tumour" in p for e in ex if e.task == "absent" and "tumour" in e.prompt for p in e.prompts)

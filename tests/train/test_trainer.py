@@ -160,12 +160,15 @@ def test_draw_policy_weights_tasks_and_raises_absent_examples(built):
 
     from rcmed.train.data import DrawPolicy, example_stream
 
+    asked: dict[tuple[str, str], set[str]] = {}  # (record, answer) -> the prompts it was asked with
+
     def stats(stage, policy, n=240):
         c, absent = Counter(), 0
-        for _, _, ex in islice(example_stream([str(built)], stage, 5, split="train", policy=policy), n):
+        for _, rid, ex in islice(example_stream([str(built)], stage, 5, split="train", policy=policy), n):
             kind = "align" if not ex.masks and "<seg>" not in ex.answer and "<box>" not in ex.answer else "ground"
             c[kind] += 1
             absent += any(m is None for m in ex.masks)
+            asked.setdefault((rid, ex.answer), set()).add(ex.prompt)
         return c, absent / n
 
     mixed, _ = stats("mixed", None)
@@ -175,6 +178,8 @@ def test_draw_policy_weights_tasks_and_raises_absent_examples(built):
     _, base = stats("ground", DrawPolicy())
     _, raised = stats("ground", DrawPolicy(absent_fraction=0.6))
     assert base < 0.3 and raised > base + 0.2
+    # the same request comes back in different phrasings across passes
+    assert max(len(p) for p in asked.values()) >= 2
     with pytest.raises(ValueError, match="unknown tasks"):
         DrawPolicy({"segmnet_name": 2})
     with pytest.raises(ValueError, match="absent_fraction"):
