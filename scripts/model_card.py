@@ -75,6 +75,7 @@ def main() -> None:
     rows, s = tables(Path(args.eval) / "cases.jsonl")
     (a_cfg, a_s, a_n), (g_cfg, g_s, g_n), (h_cfg, h_s, h_n) = _run("align"), _run("ground"), _run("ground2")
     m_cfg, m_s, m_n = _run("mixed")
+    p_cfg, p_s, p_n = _run("mixed2")
     weights = ", ".join(f"{k} {v:g}" for k, v in m_cfg["task_weights"].items())
     size_mb = (WEIGHTS / "model.safetensors").stat().st_size / 2**20
     table = ["| modality | targets | RCMed Dice (words only) | LiteMedSAM + true box | presence acc. (questions) | description fact acc. |",
@@ -90,7 +91,7 @@ def main() -> None:
         f"- Presence accuracy >= 0.95: **{'met' if s['presence'] >= 0.95 else 'not met'}** ({s['presence']:.3f}).",
         f"- Dice with words alone >= LiteMedSAM with the true box, per row: **{s['wins']} of {s['groups']}**.",
     ]
-    wall = (f" The four training runs took {args.wall_minutes:.0f} minutes of wall-clock time together (tests shared"
+    wall = (f" The five training runs took {args.wall_minutes:.0f} minutes of wall-clock time together (tests shared"
             " the CPU for part of the alignment run)." if args.wall_minutes else "")
     card = f"""# RCMed default model (`rcmed/weights/default`)
 
@@ -132,9 +133,13 @@ CPU out of the box and so that the training recipe is shown to work.
 - Stage 2, mixed: {m_n} more steps (lr {m_cfg['lr']}, seed {m_cfg['seed']}, {m_s / 60:.1f} min) drawing grounding
   and description tasks together (description examples shown painted), with task weights ({weights};
   others 1) and {m_cfg['absent_fraction']:.0%} of the draws from a record's absent-target examples where it has
-  some, so that alignment is not washed out and the presence head sees enough negatives.{wall}
+  some, so that alignment is not washed out and the presence head sees enough negatives.
+- Stage 2, mixed, continued: {p_n} more steps (lr {p_cfg['lr']}, seed {p_cfg['seed']}, {p_s / 60:.1f} min, absent share
+  {p_cfg['absent_fraction']:.0%}) with each request asked in a phrasing drawn anew at every draw. Until then each
+  record kept the one phrasing drawn when the data was built, and the model had learnt phrasings, not
+  requests: asked "Segment the liver lesion." it described the liver and drew no mask.{wall}
 - Configs: `configs/train/default_align.json`, `default_ground.json`, `default_ground2.json`,
-  `default_mixed.json`; loss
+  `default_mixed.json`, `default_mixed2.json`; loss
   curves `*_loss.png` and per-step metrics `*_metrics.csv` in this folder.
 - Reproduce: `python scripts/train_default.py all` then `python scripts/model_card.py`.
 

@@ -6,7 +6,9 @@
     python scripts/train_default.py ground2  # stage 2 continued at a lower rate, default_ground2.json
     python scripts/train_default.py mixed    # stage 2 continued with description tasks mixed in, more
                                              # multi-target and absent-target examples (default_mixed.json)
-    python scripts/train_default.py export   # runs/default-mixed/model -> rcmed/weights/default/
+    python scripts/train_default.py mixed2   # mixed continued, each request asked in all its phrasings
+                                             # (default_mixed2.json)
+    python scripts/train_default.py export   # runs/default-mixed2/model -> rcmed/weights/default/
     python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
     python scripts/train_default.py all      # everything above in order
 
@@ -115,8 +117,12 @@ def mixed() -> None:
     _train("configs/train/default_mixed.json")
 
 
-FINAL = "default-mixed"  # the run whose model ships
-STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed")
+def mixed2() -> None:
+    _train("configs/train/default_mixed2.json")
+
+
+FINAL = "default-mixed2"  # the run whose model ships
+STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2")
 
 
 def export() -> None:
@@ -155,7 +161,8 @@ def evaluate_default() -> None:
     (out / "summary.json").write_text(json.dumps(rep.tables, indent=1))
 
 
-STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "export": export, "eval": evaluate_default}
+STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
+         "export": export, "eval": evaluate_default}
 
 
 def main() -> None:
