@@ -141,7 +141,9 @@ CPU out of the box and so that the training recipe is shown to work.
 - Configs: `configs/train/default_align.json`, `default_ground.json`, `default_ground2.json`,
   `default_mixed.json`, `default_mixed2.json`; loss
   curves `*_loss.png` and per-step metrics `*_metrics.csv` in this folder.
-- Reproduce: `python scripts/train_default.py all` then `python scripts/model_card.py`.
+- Reproduce: `python scripts/train_default.py all` then `python scripts/model_card.py`. The stages
+  before `mixed2` ran on stores built when each record kept one phrasing; `data` now builds stores
+  with every phrasing, so a rerun from scratch draws differently from the run that made these weights.
 
 ## Held-out results
 Measured by `python scripts/train_default.py eval` (`rcmed eval` with the `litemedsam-box`
@@ -166,12 +168,12 @@ Quality targets of the issue:
   shape are often right, counts and X-ray names mostly wrong. `rcmed describe` therefore does not
   use the model's own words for facts: it lets the model find targets and has the description
   engine measure its masks.
-- Presence is the weakest grounding skill, and small targets are where it fails: the mixed stage
-  drew more absent-target examples, which removed most false alarms on absent targets but left
-  the model calling small present targets absent (CT liver lesions, X-ray nodules: Dice 0 on
-  those rows); see `registry.csv` of the evaluation for each task's accuracy.
-- X-ray left lung (often drawn over both lungs), nodules and pneumothorax, CT liver lesions and
-  kidneys are the targets where words alone fall well below the true-box oracle.
+- Small targets are the weakest: X-ray nodules are never found (Dice 0, most presence errors are
+  nodules missed or imagined), and X-ray is the row furthest below the true-box oracle (the left
+  lung is sometimes drawn too wide, pneumothorax partly); endoscopic polyps are outlined less
+  tightly than the oracle's. See `registry.csv` of the evaluation for each task's accuracy.
+- Answers naming several targets can repeat one ("the right lung, the left lung and the left
+  lung"); each repeat gets its own mask.
 - Answer text and masks come from two heads (language model and presence head) and can disagree
   (e.g. "not present" with a mask drawn); the `present` field of each target is the decision.
 - 2-D only; volumes are segmented slice by slice from the middle slice's answer.

@@ -159,6 +159,11 @@ def evaluate_default() -> None:
                    describe=True)
     print(f"evaluated {rep.rows} questions on {rep.cases} cases in {time.time() - t0:.0f} s -> {out / 'report.md'}")
     (out / "summary.json").write_text(json.dumps(rep.tables, indent=1))
+    shipped = WEIGHTS / "eval"  # the card points here
+    shipped.mkdir(exist_ok=True)
+    for name in ("report.md", "registry.csv", "modalities.csv", "descriptions.csv", "dice_by_modality.png",
+                 "presence_reliability.png"):
+        shutil.copy2(out / name, shipped / name)
 
 
 STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
