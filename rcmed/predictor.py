@@ -151,7 +151,8 @@ class Predictor:
                 components=None if n_comp is None else int(n_comp),
                 instances=None if labels is None else labels.astype(np.int32), area_px=area,
                 area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None))
-        return Answer(text=gen.text, targets=targets)
+        # the same name twice is one structure, unless the caller gave one box per target
+        return Answer(text=gen.text, targets=targets if boxes is not None and len(boxes) > 1 else first_of_each(targets))
 
     def _points_to_model(self, points: list[list[float]], labels: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         geom = self._geom
@@ -222,13 +223,27 @@ class Predictor:
                 presence=float(presence[t].max()), mask=m3 if present else None,
                 components=int(ndi.label(m3)[1]) if present else None, area_px=int(m3.sum()) if present else None,
                 volume_ml=float(m3.sum()) * voxel_ml if (present and voxel_ml is not None) else None))
-        return Answer(text=first.text, targets=targets)
+        return Answer(text=first.text, targets=first_of_each(targets))
 
     def answer_json(self, answer: Answer, mask_files: list[str | None] | None = None) -> dict[str, object]:
         """The public `answer.json` layout (see README)."""
         files = mask_files or [None] * len(answer.targets)
         return {"text": answer.text, "model": {"name": self.name, "sha256": self.sha256},
                 "targets": [t.to_json(f) for t, f in zip(answer.targets, files, strict=True)]}
+
+
+def first_of_each(targets: list[Target]) -> list[Target]:
+    """The first target of each name. The language model sometimes names a target twice ("the right
+    lung, the left lung and the left lung"); a second mask of the same structure would only compete
+    with the first (two mask files, two areas), so the later mentions are dropped."""
+    seen: set[str] = set()
+    out = []
+    for t in targets:
+        key = " ".join(t.name.lower().split())
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
 
 
 def _check_prompt(prompt: str) -> str:

@@ -173,7 +173,7 @@ Quality targets of the issue:
   lung is sometimes drawn too wide, pneumothorax partly); endoscopic polyps are outlined less
   tightly than the oracle's. See `registry.csv` of the evaluation for each task's accuracy.
 - Answers naming several targets can repeat one ("the right lung, the left lung and the left
-  lung"); each repeat gets its own mask.
+  lung"); the text is kept as generated, and only the first mention gets a target and mask.
 - Answer text and masks come from two heads (language model and presence head) and can disagree
   (e.g. "not present" with a mask drawn); the `present` field of each target is the decision.
 - 2-D only; volumes are segmented slice by slice from the middle slice's answer.

@@ -39,6 +39,27 @@ def test_predict_gives_masks_in_source_geometry_and_absence(predictor):
     assert "not present" in absent.text
 
 
+def test_a_target_named_twice_is_answered_once(predictor, monkeypatch):
+    """The language model may repeat a name ("the left lung and the left lung"): one target, the first."""
+    ph = synth("ct", 3, size=96)
+    predictor.set_image(ph.image)
+    real = predictor.model.generate
+
+    def repeating(*args, boxes=None, **kwargs):  # the tiny model names one target; boxes play no part here
+        gen = real(*args, **kwargs)
+        first, second = gen.targets[0], gen.targets[0]
+        second = type(first)(**{**first.__dict__, "name": " Liver ", "mask_logits": -first.mask_logits})
+        gen.targets = [first, second]
+        return gen
+
+    monkeypatch.setattr(predictor.model, "generate", repeating)
+    (liver,) = predictor.predict("Segment the liver.").targets
+    assert liver.name == "liver" and liver.present and (liver.mask & ph.masks["liver"]).sum() > 0.8 * liver.area_px
+    # one box per target: the caller asked for two instances, both are kept
+    two = predictor.predict("Segment the liver.", boxes=[[10, 10, 40, 40], [50, 50, 90, 90]]).targets
+    assert len(two) == 2
+
+
 def test_predict_volume_assembles_3d_masks_with_volume(predictor):
     ph = synth("ct", 3, size=64, volume=True)
     ans = predictor.predict_volume(ph.image, "Segment the liver.", batch_slices=5)
