@@ -60,6 +60,34 @@ def test_a_target_named_twice_is_answered_once(predictor, monkeypatch):
     assert len(two) == 2
 
 
+def test_answer_text_says_what_the_decision_says(predictor, monkeypatch):
+    """The language model's yes/no comes before the mask decoder looks; where they disagree the
+    sentence is rewritten to the decision (trained answer forms only) and answer.json says so."""
+    ph = synth("ct", 3, size=96)
+    predictor.set_image(ph.image)
+    real = predictor.model.generate
+    claims = {"liver": "The liver <seg> is not present in this image.", "tumour": "Yes, the tumour <seg> is present, in the centre of the image."}
+
+    def contradicting(image, prompt, **kwargs):
+        gen = real(image, prompt, **kwargs)
+        name = gen.targets[0].name
+        gen.text = claims[name].replace(" <seg>", "") + " Nothing else."
+        return gen
+
+    monkeypatch.setattr(predictor.model, "generate", contradicting)
+    liver_ans = predictor.predict("Segment the liver.")
+    (liver,) = liver_ans.targets
+    assert liver.present
+    assert liver_ans.text.startswith("The liver is in the ") and liver_ans.text.endswith("of the image. Nothing else.")
+    assert liver_ans.amended == ["liver"] and predictor.answer_json(liver_ans)["text_amended_for"] == ["liver"]
+    tumour_ans = predictor.predict("Segment the tumour.")
+    assert not tumour_ans.targets[0].present
+    assert tumour_ans.text == "No, the tumour is not in this image. Nothing else."
+    monkeypatch.undo()
+    agreeing = predictor.predict("Segment the liver.")  # the model's own text already agrees: untouched
+    assert agreeing.amended == [] and "text_amended_for" not in predictor.answer_json(agreeing)
+
+
 def test_predict_volume_assembles_3d_masks_with_volume(predictor):
     ph = synth("ct", 3, size=64, volume=True)
     ans = predictor.predict_volume(ph.image, "Segment the liver.", batch_slices=5)

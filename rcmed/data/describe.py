@@ -184,6 +184,12 @@ def _grid(centroid: tuple[float, float], shape: tuple[int, int]) -> str:
     return f"{row} {col}"
 
 
+def grid_position(mask: np.ndarray) -> str:
+    """Where a non-empty 2-D mask's centroid lies on the image's 3x3 grid ("centre", "upper left", ...)."""
+    rr, cc = np.nonzero(mask)
+    return _grid((float(rr.mean()), float(cc.mean())), mask.shape[:2])
+
+
 def _patient_position(centroid: tuple[float, float], shape: tuple[int, int], orientation: str) -> str | None:
     """Patient-terms position from the offset of the centroid from the image centre."""
     words = []
