@@ -81,8 +81,7 @@ def _ask(task: str, rng: random.Random, templates: tuple[str, ...], fields: dict
     that training can ask the same thing in every way (a model that met one phrasing per record learns
     the phrasing, not the request)."""
     prompts = [t.format(**fields) for t in templates]
-    return Example(task, rng.choice(templates).format(**fields), answer, list(seg_targets or []), list(boxes or []),
-                   prompts)
+    return Example(task, rng.choice(prompts), answer, list(seg_targets or []), list(boxes or []), prompts)
 
 
 def _box1000(box: list[int], shape: tuple[int, int]) -> list[int]:
