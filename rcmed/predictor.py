@@ -30,6 +30,7 @@ from rcmed.io.readers import load
 from rcmed.io.slices import from_slices, to_slices
 from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image
 from rcmed.model.rcmed import RCMedModel
+from rcmed.postprocess import PostprocessRules
 
 MAX_PROMPT_CHARS = 2000
 
@@ -77,6 +78,13 @@ class Answer:
     amended: list[str] = field(default_factory=list)
 
 
+def _rules(folder: Path) -> PostprocessRules:
+    try:
+        return PostprocessRules.load(folder)
+    except ValueError as err:
+        raise ModelNotAvailableError(str(err)) from None
+
+
 def _model_sha(folder: Path) -> str:
     h = hashlib.sha256()
     with open(folder / "model.safetensors", "rb") as fh:
@@ -88,8 +96,10 @@ def _model_sha(folder: Path) -> str:
 class Predictor:
     """Encode an image once, answer many prompts about it."""
 
-    def __init__(self, model: RCMedModel, name: str = "custom", sha256: str = "", presence_threshold: float = 0.5) -> None:
+    def __init__(self, model: RCMedModel, name: str = "custom", sha256: str = "", presence_threshold: float = 0.5,
+                 rules: PostprocessRules | None = None) -> None:
         self.model = model.eval()
+        self.rules = rules or PostprocessRules()  # mask post-processing chosen on validation (postprocess.json)
         self.name, self.sha256 = name, sha256
         self.presence_threshold = presence_threshold
         self.size = model.config.vision.img_size
@@ -112,7 +122,7 @@ class Predictor:
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
             raise ModelNotAvailableError(f"{folder}: no config.json + model.safetensors; not an RCMed model folder")
         predictor = cls(RCMedModel.from_pretrained(folder), name=folder.name if folder.name != "model" else folder.parent.name,
-                        sha256=_model_sha(folder))
+                        sha256=_model_sha(folder), rules=_rules(folder))
         predictor.folder = folder
         return predictor
 
@@ -146,7 +156,7 @@ class Predictor:
         targets = []
         for t in gen.targets:
             present = t.presence >= self.presence_threshold
-            mask = postprocess_mask(t.mask_logits, self._geom) if present else None
+            mask = self.rules.apply(t.name, postprocess_mask(t.mask_logits, self._geom)) if present else None
             if mask is not None and not mask.any():
                 mask, present = None, False  # "present" with an empty mask is reported as not found
             area = int(mask.sum()) if mask is not None else None
@@ -224,7 +234,7 @@ class Predictor:
         voxel_ml = float(np.prod(vol.spacing)) / 1000.0 if vol.spacing else None
         targets = []
         for t, name in enumerate(names):
-            m3 = from_slices(masks[t], stack)
+            m3 = self.rules.apply(name, from_slices(masks[t], stack))
             present = bool(m3.any())
             targets.append(Target(
                 name=name, present=present, score=float(scores[t][presence[t] >= self.presence_threshold].mean()) if present else 0.0,

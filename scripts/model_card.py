@@ -78,6 +78,8 @@ def main() -> None:
     p_cfg, p_s, p_n = _run("mixed2")
     weights = ", ".join(f"{k} {v:g}" for k, v in m_cfg["task_weights"].items())
     size_mb = (WEIGHTS / "model.safetensors").stat().st_size / 2**20
+    pp = json.loads((WEIGHTS / "postprocess.json").read_text()) if (WEIGHTS / "postprocess.json").is_file() else {}
+    pp_names = ", ".join(pp.get("keep_largest", [])) or "no target"
     table = ["| modality | targets | RCMed Dice (words only) | LiteMedSAM + true box | presence acc. (questions) | description fact acc. |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -138,6 +140,11 @@ CPU out of the box and so that the training recipe is shown to work.
   {p_cfg['absent_fraction']:.0%}) with each request asked in a phrasing drawn anew at every draw. Until then each
   record kept the one phrasing drawn when the data was built, and the model had learnt phrasings, not
   requests: asked "Segment the liver lesion." it described the liver and drew no mask.{wall}
+- Post-processing (`postprocess.json`, chosen by `python scripts/train_default.py postprocess`, as
+  nnU-Net chooses it on validation): only the largest connected component is kept for
+  {pp_names}, the targets where that raised mean Dice by at least 0.005 on validation images
+  (6 `align` phantoms per modality: seen painted in stage 1, never asked a grounding question);
+  every other target keeps all its parts. The file holds the per-target evidence.
 - Configs: `configs/train/default_align.json`, `default_ground.json`, `default_ground2.json`,
   `default_mixed.json`, `default_mixed2.json`; loss
   curves `*_loss.png` and per-step metrics `*_metrics.csv` in this folder.

@@ -9,6 +9,8 @@
     python scripts/train_default.py mixed2   # mixed continued, each request asked in all its phrasings
                                              # (default_mixed2.json)
     python scripts/train_default.py export   # runs/default-mixed2/model -> rcmed/weights/default/
+    python scripts/train_default.py postprocess  # largest-component rule per target, chosen on the
+                                                 # align phantoms (never asked grounding questions)
     python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
     python scripts/train_default.py all      # everything above in order
 
@@ -150,6 +152,44 @@ def export() -> None:
     print(f"exported to {WEIGHTS} ({size / 2**20:.1f} MB)")
 
 
+def postprocess(per_modality: int = 6) -> None:
+    """Choose mask post-processing (largest component or not, per target) on validation cases: the
+    `align` phantoms, which trained the descriptions (painted) but were never asked a grounding
+    question. Writes `postprocess.json` into the shipped folder (before `eval`, which then uses it)."""
+    from collections import Counter
+
+    from rcmed.data.store import iter_records, read_sample
+    from rcmed.io.image import MedicalImage, parse_modality
+    from rcmed.postprocess import FILE, choose_rules
+    from rcmed.predictor import Predictor
+
+    (WEIGHTS / FILE).unlink(missing_ok=True)  # measure the raw masks
+    predictor = Predictor.from_pretrained(WEIGHTS)
+    seen: Counter = Counter()
+    pairs = []
+    t0 = time.time()
+    for rec in iter_records(DATA / "align-built"):
+        if rec.source.startswith("dsb2018") or seen[rec.modality] >= per_modality:  # training tiles
+            continue
+        seen[rec.modality] += 1
+        sample = read_sample(DATA / "align-built", rec)
+        predictor.set_image(MedicalImage(array=sample.image, modality=parse_modality(rec.modality),
+                                         rgb=sample.image.ndim == 3))
+        for k, name in enumerate(rec.targets):
+            true = sample.masks[k]
+            if true is None or not true.any():
+                continue
+            got = predictor.predict(f"Segment the {name}.").targets
+            if got and got[0].mask is not None:
+                pairs.append((name, got[0].mask, true))
+    rules = choose_rules(pairs)
+    rules.save(WEIGHTS)
+    print(f"{len(pairs)} validation masks on {sum(seen.values())} images in {time.time() - t0:.0f} s; "
+          f"largest component kept for: {', '.join(rules.keep_largest) or 'none'}")
+    for name, ev in rules.evidence.items():
+        print(f"  {name:<16} {ev}")
+
+
 def evaluate_default() -> None:
     from rcmed.eval.harness import evaluate
 
@@ -167,7 +207,7 @@ def evaluate_default() -> None:
 
 
 STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
-         "export": export, "eval": evaluate_default}
+         "export": export, "postprocess": postprocess, "eval": evaluate_default}
 
 
 def main() -> None:

@@ -1,0 +1,81 @@
+"""Mask post-processing chosen on validation pairs, carried by the model folder."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from rcmed.postprocess import FILE, PostprocessRules, choose_rules, keep_largest
+from rcmed.predictor import ModelNotAvailableError, Predictor
+
+
+def _disc(cy, cx, r, shape=(64, 64)):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_keep_largest_2d_and_3d():
+    m = _disc(30, 30, 10) | _disc(5, 58, 2)
+    assert keep_largest(m).sum() == _disc(30, 30, 10).sum()
+    assert not keep_largest(np.zeros((8, 8), bool)).any()
+    v = np.zeros((4, 16, 16), bool)
+    v[1:3, 2:8, 2:8] = True
+    v[3, 14, 14] = True
+    assert keep_largest(v).sum() == 2 * 36
+
+
+def test_rules_follow_validation_dice_per_target():
+    rng = np.random.default_rng(0)
+    pairs = []
+    for k in range(4):
+        true = _disc(30 + k, 30, 10)
+        pairs.append(("Polyp", true | _disc(5, 5 + k, 2), true))  # one structure with a speck: rule helps
+        cells = _disc(15, 15 + k, 4) | _disc(45, 45, 4) | _disc(15, 45, 4)
+        pairs.append(("nuclei", cells, cells))  # many parts: the rule would delete most of them
+    pairs.append(("kidney", _disc(20, 20, 5) | _disc(50, 50, 1), _disc(20, 20, 5)))  # one case only
+    rules = choose_rules(pairs)
+    assert rules.keep_largest == ["polyp"]
+    assert rules.evidence["nuclei"]["dice"] == 1.0 and rules.evidence["nuclei"]["dice_largest"] <= 0.5
+    assert rules.evidence["kidney"]["cases"] == 1  # measured, but too few cases for a rule
+    noisy = _disc(30, 30, 10) | (rng.random((64, 64)) > 0.999)
+    assert rules.apply(" POLYP ", noisy).sum() == _disc(30, 30, 10).sum()
+    assert rules.apply("nuclei", noisy).sum() == noisy.sum()
+    with pytest.raises(ValueError, match="differ in shape"):
+        choose_rules([("x", np.zeros((4, 4), bool), np.zeros((5, 4), bool))])
+
+
+def test_model_folder_carries_the_rules(tiny_trained, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_trained, folder)
+    assert Predictor.from_pretrained(folder).rules.keep_largest == []
+    PostprocessRules(keep_largest=["liver"]).save(folder)
+    assert Predictor.from_pretrained(folder).rules.keep_largest == ["liver"]
+    (folder / FILE).write_text("{not json")
+    with pytest.raises(ModelNotAvailableError, match="post-processing rules"):
+        Predictor.from_pretrained(folder)
+
+
+def test_predictor_applies_the_rule_to_its_masks(tiny_trained, monkeypatch):
+    from rcmed.data.synth import synth
+
+    predictor = Predictor.from_pretrained(tiny_trained)
+    ph = synth("ct", 3, size=96)
+    predictor.set_image(ph.image)
+    real = predictor.model.generate
+
+    def with_speck(*args, **kwargs):  # a stray positive blob far from the liver
+        gen = real(*args, **kwargs)
+        logits = gen.targets[0].mask_logits.clone()
+        logits[:3, -3:] = 10.0
+        logits[:3, -6:-3] = -10.0
+        gen.targets[0].mask_logits = logits
+        return gen
+
+    monkeypatch.setattr(predictor.model, "generate", with_speck)
+    raw = predictor.predict("Segment the liver.").targets[0]
+    predictor.rules = PostprocessRules(keep_largest=["liver"])
+    kept = predictor.predict("Segment the liver.").targets[0]
+    assert raw.components >= 2 and kept.components == 1
+    assert kept.area_px < raw.area_px and kept.mask[0, -1] == 0 and raw.mask[0, -1]
