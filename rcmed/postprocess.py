@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from rcmed.eval.metrics import dice
+
 FILE = "postprocess.json"
+
+
+def target_key(name: str) -> str:
+    """A target name as rules and answers compare it: lower case, single spaces."""
+    return " ".join(name.lower().split())
 
 
 def keep_largest(mask: np.ndarray) -> np.ndarray:
@@ -30,11 +37,6 @@ def keep_largest(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
 @dataclass
 class PostprocessRules:
     """`keep_largest`: target names (lower case) reduced to their largest component. `evidence`: per
@@ -44,7 +46,7 @@ class PostprocessRules:
     evidence: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def apply(self, name: str, mask: np.ndarray) -> np.ndarray:
-        return keep_largest(mask) if " ".join(name.lower().split()) in self.keep_largest else mask
+        return keep_largest(mask) if target_key(name) in self.keep_largest else mask
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / FILE
@@ -78,7 +80,7 @@ def choose_rules(pairs: list[tuple[str, np.ndarray, np.ndarray]], min_gain: floa
     for name, pred, true in pairs:
         if pred.shape != true.shape:
             raise ValueError(f"{name}: prediction {pred.shape} and truth {true.shape} differ in shape")
-        by_name[" ".join(name.lower().split())].append((_dice(pred, true), _dice(keep_largest(pred), true)))
+        by_name[target_key(name)].append((dice(pred, true), dice(keep_largest(pred), true)))
     rules = PostprocessRules()
     for name in sorted(by_name):
         scores = np.array(by_name[name])

@@ -30,7 +30,7 @@ from rcmed.io.readers import load
 from rcmed.io.slices import from_slices, to_slices
 from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image
 from rcmed.model.rcmed import RCMedModel
-from rcmed.postprocess import PostprocessRules
+from rcmed.postprocess import PostprocessRules, target_key
 
 MAX_PROMPT_CHARS = 2000
 
@@ -260,7 +260,7 @@ def first_of_each(targets: list[Target]) -> list[Target]:
     seen: set[str] = set()
     out = []
     for t in targets:
-        key = " ".join(t.name.lower().split())
+        key = target_key(t.name)
         if key not in seen:
             seen.add(key)
             out.append(t)
