@@ -8,6 +8,8 @@
                                              # multi-target and absent-target examples (default_mixed.json)
     python scripts/train_default.py mixed2   # mixed continued, each request asked in all its phrasings
                                              # (default_mixed2.json)
+    python scripts/train_default.py mixed3   # mixed continued, rare small targets (nodule, pneumothorax,
+                                             # polyp) streamed and asked more often (default_mixed3.json)
     python scripts/train_default.py export   # runs/default-mixed2/model -> rcmed/weights/default/
     python scripts/train_default.py postprocess  # largest-component rule per target, chosen on the
                                                  # align phantoms (never asked grounding questions)
@@ -123,6 +125,10 @@ def mixed2() -> None:
     _train("configs/train/default_mixed2.json")
 
 
+def mixed3() -> None:
+    _train("configs/train/default_mixed3.json")
+
+
 FINAL = "default-mixed2"  # the run whose model ships
 STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2")
 
@@ -207,7 +213,7 @@ def evaluate_default() -> None:
 
 
 STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
-         "export": export, "postprocess": postprocess, "eval": evaluate_default}
+         "mixed3": mixed3, "export": export, "postprocess": postprocess, "eval": evaluate_default}
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -350,7 +350,9 @@ class ShardStream:
     The order is a function of (`seed`, `epoch`): shard order is permuted, then samples pass a
     shuffle buffer of `buffer` entries. `start` skips that many samples of this rank's stream
     without decoding them (resume after interruption). With `world_size > 1`, rank r takes every
-    world_size-th sample of the common order, so ranks see disjoint data.
+    world_size-th sample of the common order, so ranks see disjoint data. `repeat(record)` (>= 1), when
+    given, streams a record that many times per epoch (the fraction by a coin seeded by seed and epoch;
+    LVIS repeat-factor sampling); copies count as samples, so positions and resume stay exact.
     """
 
     def __init__(
@@ -363,14 +365,17 @@ class ShardStream:
         start: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        repeat: Callable[[Record], float] | None = None,
     ) -> None:
         self.root = Path(store)
         check_store(self.root)
+        self.repeat = repeat
         self.split, self.seed, self.epoch, self.buffer = split, seed, epoch, max(1, buffer)
         self.start, self.rank, self.world_size = start, rank, world_size
         self.splits = read_splits(self.root)
 
     def _entries(self, rng: np.random.Generator) -> Iterator[_Entry]:
+        copies = np.random.default_rng([self.seed, self.epoch, 1])  # own generator: the order without repeats is unchanged
         shards = sorted((self.root / "shards").glob("shard-*.tar"))
         for i in rng.permutation(len(shards)):
             rel = f"shards/{shards[i].name}"
@@ -387,7 +392,12 @@ class ShardStream:
                             d = json.loads(fh.read())  # type: ignore[union-attr]
                             rec = Record.from_json(d, self.splits.get(str(d.get("case_id")), UNASSIGNED))
                             if self.split is None or rec.split == self.split:
-                                yield _Entry(rel, rec, parts["npz"].offset_data, parts["npz"].size)
+                                n = 1
+                                if self.repeat is not None:
+                                    r = max(1.0, float(self.repeat(rec)))
+                                    n = int(r) + int(copies.random() < r - int(r))
+                                for _ in range(n):
+                                    yield _Entry(rel, rec, parts["npz"].offset_data, parts["npz"].size)
             except tarfile.TarError as exc:
                 raise StoreError(rel, f"damaged shard ({exc})") from None
 

@@ -12,8 +12,8 @@ from typing import Literal
 class TrainConfig:
     """`stage`: "align" (describe coloured regions of overlays: vision -> language), "ground"
     (prompts -> answers with `<seg>` targets, masks, boxes, presence, loop rounds) or "mixed" (both,
-    so grounding keeps the descriptions). `task_weights` / `absent_fraction`: how the example of a
-    record is drawn (`rcmed.train.data.DrawPolicy`; defaults: uniform). `data`: built
+    so grounding keeps the descriptions). `task_weights` / `absent_fraction` / `target_weights`: how
+    often a record is streamed and how its example is drawn (`rcmed.train.data.DrawPolicy`; defaults: uniform). `data`: built
     triplet stores (`rcmed data build`). `init_from`: a checkpoint folder to start from (stage 2
     starts from stage 1). `model`: a preset name ("tiny", "default") or a model config JSON path.
     `model_overrides`: fields of `RCMedConfig` to change (e.g. {"loop_rounds": 1}). Steps count
@@ -26,6 +26,7 @@ class TrainConfig:
     stage: Literal["align", "ground", "mixed"] = "ground"
     task_weights: dict[str, float] = field(default_factory=dict)
     absent_fraction: float = 0.0
+    target_weights: dict[str, float] = field(default_factory=dict)
     init_from: str | None = None
     split: str | None = "train"
     steps: int = 100
@@ -52,7 +53,7 @@ class TrainConfig:
 
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        DrawPolicy(dict(self.task_weights), float(self.absent_fraction))  # raises on unknown tasks or bad values
+        DrawPolicy(dict(self.task_weights), float(self.absent_fraction), dict(self.target_weights))  # raises on unknown tasks or bad values
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

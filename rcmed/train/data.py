@@ -4,8 +4,10 @@ Stage "align" shows the model the painted overlay and asks for the colour-region
 stage "ground" shows the plain image and asks for targets, with one mask per `<seg>` (None for an
 absent target); stage "mixed" draws from both (each align example still shown painted), so
 grounding does not wash out the descriptions learnt in alignment. Which example of a record is
-drawn follows a `DrawPolicy`: per-task weights, and a floor on absent-target examples (a record
-has few of them, yet they are what teaches the presence head to say "not found"). The stream
+drawn follows a `DrawPolicy`: per-task weights, a floor on absent-target examples (a record
+has few of them, yet they are what teaches the presence head to say "not found"), and per-target
+weights for rare or small targets (a record holding one is streamed more often, LVIS repeat-factor
+style, and its examples with that target's mask weigh more within the record). The stream
 position (samples consumed on this rank) is part of the checkpoint, so a resumed run continues
 with exactly the next sample.
 """
@@ -19,11 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rcmed.data.instructions import ABSENT
-from rcmed.data.store import Sample, ShardStream
+from rcmed.data.store import Record, Sample, ShardStream
 from rcmed.io.image import MedicalImage, parse_modality
 from rcmed.io.normalize import normalize
 from rcmed.model.processing import SEG, Example
 from rcmed.overlay import paint
+from rcmed.postprocess import target_key
 
 ALIGN_TASKS = {"describe_all", "describe_colour"}
 GROUND_TASKS = {"segment_name", "segment_multi", "segment_description", "absent", "presence", "locate", "count"}
@@ -34,11 +37,17 @@ STAGES = ("align", "ground", "mixed")
 class DrawPolicy:
     """How the one example of a record is drawn. `task_weights`: relative weight of each example by its
     task (missing tasks weigh 1, 0 never drawn). `absent_fraction`: when the record has examples about an
-    absent target (seg target -1), draw among those with this probability (0: by weight only). The default
-    policy is the plain uniform draw (`rng.choice`), so runs without weights draw exactly as before."""
+    absent target (seg target -1), draw among those with this probability (0: by weight only).
+    `target_weights` (name -> w >= 1): a record whose present targets include a weighted name is streamed
+    w times per epoch (the largest w of its targets; fractions by a seeded coin, as LVIS repeat-factor
+    sampling), and within a record an example whose masks include that target weighs w times more (its
+    task weight times the largest w among its masks). So a small target seen in few records (an X-ray
+    nodule) is asked for often enough to be learnt. The default policy is the plain uniform draw
+    (`rng.choice`), so runs without weights draw exactly as before."""
 
     task_weights: dict[str, float] = field(default_factory=dict)
     absent_fraction: float = 0.0
+    target_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.task_weights) - ALIGN_TASKS - GROUND_TASKS
@@ -49,8 +58,24 @@ class DrawPolicy:
             raise ValueError("task_weights must be >= 0")
         if not 0.0 <= self.absent_fraction <= 1.0:
             raise ValueError(f"absent_fraction must be in [0, 1], got {self.absent_fraction}")
+        bad = {k: w for k, w in self.target_weights.items() if not w >= 1.0}
+        if bad:
+            raise ValueError(f"target_weights must be >= 1 (a record is streamed at least once), got {bad}")
+        object.__setattr__(self, "target_weights", {target_key(k): float(w) for k, w in self.target_weights.items()})
 
-    def draw(self, examples: list[dict], rng: random.Random) -> dict | None:
+    def repeat_factor(self, record: Record) -> float:
+        """How many times per epoch the record is streamed (>= 1): the largest weight of its targets."""
+        names = [*record.targets, *([record.instance_target] if record.instance_target else [])]
+        return max([self.target_weights.get(target_key(n), 1.0) for n in names] + [1.0])
+
+    def _weight(self, example: dict, names: list[str]) -> float:
+        w = self.task_weights.get(example["task"], 1.0)
+        masks = [names[k] for k in example.get("seg_targets", []) if 0 <= k < len(names)]
+        return w * max([self.target_weights.get(target_key(n), 1.0) for n in masks] + [1.0])
+
+    def draw(self, examples: list[dict], rng: random.Random, names: list[str] | None = None) -> dict | None:
+        """One example of a record; `names[k]` names region k (the record's targets, then its instance
+        class), needed only for `target_weights`."""
         pool = [e for e in examples if self.task_weights.get(e["task"], 1.0) > 0]
         if not pool:
             return None
@@ -58,9 +83,9 @@ class DrawPolicy:
             absent = [e for e in pool if ABSENT in e.get("seg_targets", [])]
             if absent and rng.random() < self.absent_fraction:
                 pool = absent
-        if not self.task_weights:
+        if not self.task_weights and not self.target_weights:
             return rng.choice(pool)
-        weights = [self.task_weights.get(e["task"], 1.0) for e in pool]
+        weights = [self._weight(e, names or []) for e in pool]
         return rng.choices(pool, weights=weights)[0]
 
 
@@ -70,7 +95,8 @@ def sample_examples(sample: Sample, stage: str, rng: random.Random, policy: Draw
         raise ValueError(f"unknown stage {stage!r} (one of {STAGES})")
     rec = sample.record
     tasks = [e for e in rec.examples if stage == "mixed" or (e["task"] in ALIGN_TASKS) == (stage == "align")]
-    ex = (policy or DrawPolicy()).draw(tasks, rng)
+    names = [*rec.targets, *([rec.instance_target] if rec.instance_target else [])]
+    ex = (policy or DrawPolicy()).draw(tasks, rng, names)
     if ex is None:
         return []
     # the request asked in one of its phrasings, drawn anew each time (stores built before `prompts`: the one kept)
@@ -104,7 +130,8 @@ def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, ran
             skip = max(0, start - base)
             # ShardStream skips `skip` samples by reading tar headers only (no pixels decoded).
             stream = ShardStream(store, split=split, seed=seed, epoch=epoch, buffer=buffer, start=skip, rank=rank,
-                                 world_size=world_size)
+                                 world_size=world_size,
+                                 repeat=policy.repeat_factor if policy and policy.target_weights else None)
             j = skip
             for sample in stream:
                 j += 1

@@ -121,7 +121,7 @@ class Trainer:
 
             cache = FeatureCache(cfg.feature_cache, core.image_encoder)
         rank = acc.process_index
-        policy = DrawPolicy(cfg.task_weights, cfg.absent_fraction)
+        policy = DrawPolicy(cfg.task_weights, cfg.absent_fraction, cfg.target_weights)
         stream = example_stream(cfg.data, cfg.stage, cfg.seed, start=positions[rank], rank=rank,
                                 world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer,
                                 policy=policy)

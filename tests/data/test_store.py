@@ -127,3 +127,25 @@ def test_damaged_manifest_is_reported(store):
 def test_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="not a triplet store"):
         list(iter_records(tmp_path))
+
+
+def test_repeat_factor_streams_records_more_often_and_resumes_exactly(store):
+    """`repeat(record)` streams a record that many times per epoch (fractions by a seeded coin); copies
+    are samples, so resuming at a position continues exactly; without it the order is the plain one."""
+    from collections import Counter
+
+    def rf(rec):
+        return 3.0 if rec.id.endswith(("s001", "s002")) else (1.5 if rec.case_id == "case05" else 1.0)
+
+    plain = _ids(ShardStream(store, seed=4, buffer=8))
+    assert _ids(ShardStream(store, seed=4, buffer=8, repeat=lambda r: 1.0)) == plain
+    full = _ids(ShardStream(store, seed=4, buffer=8, repeat=rf))
+    n = Counter(full)
+    assert n["t-case00-s001"] == n["t-case00-s002"] == 3 and n["t-case00-s000"] == 1
+    assert {n[f"t-case05-s{i:03d}"] for i in range(20, 24)} <= {1, 2}
+    assert full == _ids(ShardStream(store, seed=4, buffer=8, repeat=rf))
+    assert _ids(ShardStream(store, seed=4, buffer=8, repeat=rf, start=23)) == full[23:]
+    # over many epochs the fraction is honoured on average
+    extra = sum(Counter(_ids(ShardStream(store, seed=4, epoch=e, buffer=8, repeat=rf)))[f"t-case05-s{i:03d}"]
+                for e in range(10) for i in range(20, 24))
+    assert 50 <= extra <= 70  # 40 records x 1.5 = 60 expected

@@ -182,10 +182,32 @@ def test_draw_policy_weights_tasks_and_raises_absent_examples(built):
     assert max(len(p) for p in asked.values()) >= 2
     with pytest.raises(ValueError, match="unknown tasks"):
         DrawPolicy({"segmnet_name": 2})
+    with pytest.raises(ValueError, match="target_weights must be >= 1"):
+        TrainConfig(target_weights={"liver lesion": 0.5})
     with pytest.raises(ValueError, match="absent_fraction"):
         TrainConfig(absent_fraction=1.5)
     with pytest.raises(ValueError, match="stage"):
         TrainConfig(stage="pretrain")
+
+
+def test_target_weights_ask_for_a_rare_target_more_often(built):
+    """A weighted target's records are streamed more often and its mask examples weigh more within a
+    record, so many more of the drawn examples carry its mask (the records without it still come)."""
+    from itertools import islice
+
+    from rcmed.train.data import DrawPolicy, example_stream
+
+    def share(policy, n=300):
+        hits, ids = 0, set()
+        for _, rid, ex in islice(example_stream([str(built)], "ground", 7, split="train", policy=policy), n):
+            ids.add(rid)
+            hits += "liver lesion <seg>" in ex.answer and "not" not in ex.answer
+        return hits / n, ids
+
+    base, ids_base = share(DrawPolicy())
+    weighted, ids_weighted = share(DrawPolicy(target_weights={"Liver  Lesion": 4}))  # names compared as rules do
+    assert weighted > 2 * base and weighted > 0.25
+    assert ids_weighted == ids_base  # every record still streamed
 
 
 @pytest.mark.parametrize("text, expected", [
