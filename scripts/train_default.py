@@ -10,7 +10,7 @@
                                              # (default_mixed2.json)
     python scripts/train_default.py mixed3   # mixed continued, rare small targets (nodule, pneumothorax,
                                              # polyp) streamed and asked more often (default_mixed3.json)
-    python scripts/train_default.py export   # runs/default-mixed2/model -> rcmed/weights/default/
+    python scripts/train_default.py export   # runs/default-mixed3/model -> rcmed/weights/default/
     python scripts/train_default.py postprocess  # largest-component rule per target, chosen on the
                                                  # align phantoms (never asked grounding questions)
     python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
@@ -129,8 +129,9 @@ def mixed3() -> None:
     _train("configs/train/default_mixed3.json")
 
 
-FINAL = "default-mixed2"  # the run whose model ships
-STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2")
+FINAL = "default-mixed3"  # the run whose model ships
+STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2",
+          "default-mixed3")
 
 
 def export() -> None:
