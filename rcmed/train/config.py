@@ -13,9 +13,9 @@ class TrainConfig:
     """`stage`: "align" (describe coloured regions of overlays: vision -> language), "ground"
     (prompts -> answers with `<seg>` targets, masks, boxes, presence, loop rounds) or "mixed" (both,
     so grounding keeps the descriptions). `task_weights` / `absent_fraction` / `target_weights`: how
-    often a record is streamed and how its example is drawn (`rcmed.train.data.DrawPolicy`; defaults: uniform). `data`: built
-    triplet stores (`rcmed data build`). `init_from`: a checkpoint folder to start from (stage 2
-    starts from stage 1). `model`: a preset name ("tiny", "default") or a model config JSON path.
+    often a record is streamed and how its example is drawn (`rcmed.train.data.DrawPolicy`; defaults:
+    uniform). `data`: built triplet stores (`rcmed data build`). `init_from`: a checkpoint folder to
+    start from (stage 2 starts from stage 1). `model`: a preset name ("tiny", "default") or a model config JSON path.
     `model_overrides`: fields of `RCMedConfig` to change (e.g. {"loop_rounds": 1}). Steps count
     optimizer updates; each takes `grad_accum` micro-batches of `batch_size` per process."""
 
@@ -53,7 +53,11 @@ class TrainConfig:
 
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        DrawPolicy(dict(self.task_weights), float(self.absent_fraction), dict(self.target_weights))  # raises on unknown tasks or bad values
+        for name in ("task_weights", "target_weights"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be an object of name: weight, got {getattr(self, name)!r}")
+        # raises on unknown tasks or bad values
+        DrawPolicy(dict(self.task_weights), float(self.absent_fraction), dict(self.target_weights))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

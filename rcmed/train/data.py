@@ -31,6 +31,7 @@ from rcmed.postprocess import target_key
 ALIGN_TASKS = {"describe_all", "describe_colour"}
 GROUND_TASKS = {"segment_name", "segment_multi", "segment_description", "absent", "presence", "locate", "count"}
 STAGES = ("align", "ground", "mixed")
+MAX_TARGET_WEIGHT = 100.0  # an epoch with a record streamed more often than this is a typo, not a recipe
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,11 @@ class DrawPolicy:
             raise ValueError("task_weights must be >= 0")
         if not 0.0 <= self.absent_fraction <= 1.0:
             raise ValueError(f"absent_fraction must be in [0, 1], got {self.absent_fraction}")
-        bad = {k: w for k, w in self.target_weights.items() if not w >= 1.0}
+        bad = {k: w for k, w in self.target_weights.items()
+               if isinstance(w, bool) or not isinstance(w, int | float) or not 1.0 <= w <= MAX_TARGET_WEIGHT}
         if bad:
-            raise ValueError(f"target_weights must be >= 1 (a record is streamed at least once), got {bad}")
+            raise ValueError(f"target_weights must be numbers in [1, {MAX_TARGET_WEIGHT:g}] (a record is streamed at "
+                             f"least once and at most that many times per epoch), got {bad}")
         object.__setattr__(self, "target_weights", {target_key(k): float(w) for k, w in self.target_weights.items()})
 
     def repeat_factor(self, record: Record) -> float:

@@ -182,8 +182,9 @@ def test_draw_policy_weights_tasks_and_raises_absent_examples(built):
     assert max(len(p) for p in asked.values()) >= 2
     with pytest.raises(ValueError, match="unknown tasks"):
         DrawPolicy({"segmnet_name": 2})
-    with pytest.raises(ValueError, match="target_weights must be >= 1"):
-        TrainConfig(target_weights={"liver lesion": 0.5})
+    for bad in (0.5, 1e9, "4"):
+        with pytest.raises(ValueError, match="target_weights must be numbers in"):
+            TrainConfig(target_weights={"liver lesion": bad})
     with pytest.raises(ValueError, match="absent_fraction"):
         TrainConfig(absent_fraction=1.5)
     with pytest.raises(ValueError, match="stage"):
@@ -216,6 +217,8 @@ def test_target_weights_ask_for_a_rare_target_more_often(built):
     ('{"steps": 3,', "not valid JSON"),
     ('[1, 2]', "JSON object"),
     ('{"absent_fraction": -0.1}', "absent_fraction"),
+    ('{"target_weights": {"nodule": 1e6}}', "target_weights must be numbers in [1, 100]"),
+    ('{"target_weights": [1]}', "target_weights must be an object of name: weight"),
 ])
 def test_cli_train_bad_config_is_one_line_error(tmp_path, text, expected):
     from typer.testing import CliRunner
