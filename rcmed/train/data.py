@@ -66,15 +66,16 @@ class DrawPolicy:
                              f"least once and at most that many times per epoch), got {bad}")
         object.__setattr__(self, "target_weights", {target_key(k): float(w) for k, w in self.target_weights.items()})
 
-    def repeat_factor(self, record: Record) -> float:
-        """How many times per epoch the record is streamed (>= 1): the largest weight of its targets."""
-        names = [*record.targets, *([record.instance_target] if record.instance_target else [])]
+    def _largest(self, names: list[str]) -> float:
         return max([self.target_weights.get(target_key(n), 1.0) for n in names] + [1.0])
 
+    def repeat_factor(self, record: Record) -> float:
+        """How many times per epoch the record is streamed (>= 1): the largest weight of its targets."""
+        return self._largest(region_names(record))
+
     def _weight(self, example: dict, names: list[str]) -> float:
-        w = self.task_weights.get(example["task"], 1.0)
         masks = [names[k] for k in example.get("seg_targets", []) if 0 <= k < len(names)]
-        return w * max([self.target_weights.get(target_key(n), 1.0) for n in masks] + [1.0])
+        return self.task_weights.get(example["task"], 1.0) * self._largest(masks)
 
     def draw(self, examples: list[dict], rng: random.Random, names: list[str] | None = None) -> dict | None:
         """One example of a record; `names[k]` names region k (the record's targets, then its instance
@@ -92,14 +93,18 @@ class DrawPolicy:
         return rng.choices(pool, weights=weights)[0]
 
 
+def region_names(record: Record) -> list[str]:
+    """Names of a record's regions in mask order: its targets, then its instance class (if any)."""
+    return [*record.targets, *([record.instance_target] if record.instance_target else [])]
+
+
 def sample_examples(sample: Sample, stage: str, rng: random.Random, policy: DrawPolicy | None = None) -> list[Example]:
     """Training examples of one record for a stage (one drawn example per record and pass)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r} (one of {STAGES})")
     rec = sample.record
     tasks = [e for e in rec.examples if stage == "mixed" or (e["task"] in ALIGN_TASKS) == (stage == "align")]
-    names = [*rec.targets, *([rec.instance_target] if rec.instance_target else [])]
-    ex = (policy or DrawPolicy()).draw(tasks, rng, names)
+    ex = (policy or DrawPolicy()).draw(tasks, rng, region_names(rec))
     if ex is None:
         return []
     # the request asked in one of its phrasings, drawn anew each time (stores built before `prompts`: the one kept)
