@@ -10,7 +10,8 @@
                                              # (default_mixed2.json)
     python scripts/train_default.py mixed3   # mixed continued, rare small targets (nodule, pneumothorax,
                                              # polyp) streamed and asked more often (default_mixed3.json)
-    python scripts/train_default.py export   # runs/default-mixed3/model -> rcmed/weights/default/
+    python scripts/train_default.py mixed4   # the same, 500 more steps at half the rate (default_mixed4.json)
+    python scripts/train_default.py export   # runs/default-mixed4/model -> rcmed/weights/default/
     python scripts/train_default.py postprocess  # largest-component rule per target, chosen on the
                                                  # align phantoms (never asked grounding questions)
     python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
@@ -129,9 +130,13 @@ def mixed3() -> None:
     _train("configs/train/default_mixed3.json")
 
 
-FINAL = "default-mixed3"  # the run whose model ships
+def mixed4() -> None:
+    _train("configs/train/default_mixed4.json")
+
+
+FINAL = "default-mixed4"  # the run whose model ships
 STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2",
-          "default-mixed3")
+          "default-mixed3", "default-mixed4")
 
 
 def export() -> None:
@@ -214,7 +219,7 @@ def evaluate_default() -> None:
 
 
 STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
-         "mixed3": mixed3, "export": export, "postprocess": postprocess, "eval": evaluate_default}
+         "mixed3": mixed3, "mixed4": mixed4, "export": export, "postprocess": postprocess, "eval": evaluate_default}
 
 
 def main() -> None:
