@@ -129,28 +129,58 @@ def sample_examples(sample: Sample, stage: str, rng: random.Random, policy: Draw
 def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
                    split: str | None = "train", buffer: int = 64, policy: DrawPolicy | None = None) -> Iterator[tuple[int, str, Example]]:
     """Endless (position, record id, example) stream over the stores, epoch after epoch, deterministic for a
-    seed; `start` skips that many samples of this rank (resume)."""
-    base = 0  # this rank's samples in the streams already passed (consumed or skipped)
+    seed; `start` skips that many samples of this rank (resume).
+
+    Several stores are interleaved, not read one after another: each epoch draws a random order of
+    store slots (store s gets as many slots as it streams samples this epoch), so every stretch of
+    steps mixes the datasets in proportion to their size. Resuming at a position replays that order
+    to know how many samples of each store to skip."""
+    repeat = policy.repeat_factor if policy and policy.target_weights else None
+
+    def stream(store: str, epoch: int, skip: int) -> ShardStream:
+        # ShardStream skips `skip` samples by reading tar headers only (no pixels decoded).
+        return ShardStream(store, split=split, seed=seed, epoch=epoch, buffer=buffer, start=skip, rank=rank,
+                           world_size=world_size, repeat=repeat)
+
+    base = 0  # this rank's samples in the epochs already passed (consumed or skipped)
     epoch = 0
     while True:
-        seen_any = False
-        for store in stores:
-            skip = max(0, start - base)
-            # ShardStream skips `skip` samples by reading tar headers only (no pixels decoded).
-            stream = ShardStream(store, split=split, seed=seed, epoch=epoch, buffer=buffer, start=skip, rank=rank,
-                                 world_size=world_size,
-                                 repeat=policy.repeat_factor if policy and policy.target_weights else None)
-            j = skip
-            for sample in stream:
-                j += 1
-                rng = random.Random(seed * 1_000_003 + base + j)
-                for ex in sample_examples(sample, stage, rng, policy):
-                    yield base + j, sample.record.id, ex
-            n = getattr(stream, "n_mine", 0)
-            seen_any = seen_any or n > 0
-            base += n
-        if not seen_any:
+        if len(stores) == 1:
+            order, total = None, None
+        else:  # samples per store this epoch (a header-only pass), then the interleaving
+            lengths = []
+            for store in stores:
+                counter = stream(store, epoch, skip=2**62)
+                for _ in counter:
+                    pass
+                lengths.append(counter.n_mine)
+            total = sum(lengths)
+            order = np.random.default_rng([seed, epoch, 2]).permutation(np.repeat(np.arange(len(stores)), lengths))
+        if total == 0:
             raise ValueError(f"no training samples in {stores} (split {split!r}, rank {rank}/{world_size})")
+        if total is not None and start >= base + total:  # this whole epoch was consumed before the resume
+            base += total
+            epoch += 1
+            continue
+        done = max(0, start - base)  # samples of this epoch already consumed
+        if order is None:
+            s = stream(stores[0], epoch, done)
+            samples: Iterator[Sample] = iter(s)
+        else:
+            skips = np.bincount(order[:done], minlength=len(stores))
+            its = [iter(stream(store, epoch, int(k))) for store, k in zip(stores, skips, strict=True)]
+            samples = (next(its[i]) for i in order[done:])
+        j = done
+        for sample in samples:
+            j += 1
+            rng = random.Random(seed * 1_000_003 + base + j)
+            for ex in sample_examples(sample, stage, rng, policy):
+                yield base + j, sample.record.id, ex
+        if order is None:
+            total = getattr(s, "n_mine", 0)
+            if total == 0:
+                raise ValueError(f"no training samples in {stores} (split {split!r}, rank {rank}/{world_size})")
+        base += total
         epoch += 1
 
 

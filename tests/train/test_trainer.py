@@ -114,6 +114,28 @@ def test_stream_resumes_at_the_same_sample_without_decoding_skipped_ones(built):
     assert resumed == [x for x in full if x[0] > 21][:10]  # crosses into the second epoch too
 
 
+def test_several_stores_are_interleaved_and_resume_exactly(built, tmp_path_factory):
+    from itertools import islice
+
+    from rcmed.train.data import example_stream
+
+    root = tmp_path_factory.mktemp("second")
+    synth_store(str(root / "st"), "xray", 8, seed=4, size=64, progress=False)
+    split_by_case(root / "st", {"train": 1.0})
+    build_store(root / "st", root / "built", progress=False)
+    stores = [str(built), str(root / "built")]  # 16 CT records, 8 X-ray records: 24 per epoch
+    full = [(p, r) for p, r, _ in islice(example_stream(stores, "ground", 5, split="train"), 60)]
+    assert [p for p, _ in full] == sorted({p for p, _ in full})  # positions increase, one example per sample
+    epoch1 = [r for p, r in full if p <= 24]
+    assert sorted(epoch1) == sorted(set(epoch1)) and len(epoch1) == 24  # every record once per epoch
+    first_half = [r for p, r in full if p <= 12]
+    assert any("xray" in r for r in first_half) and any("ct" in r for r in first_half)  # mixed, not one store then the other
+    assert [r for p, r in full if 24 < p <= 48] != epoch1  # a new order each epoch
+    for start in (7, 24, 31):  # inside the first epoch, at its end, inside the second
+        resumed = [(p, r) for p, r, _ in islice(example_stream(stores, "ground", 5, start=start, split="train"), 10)]
+        assert resumed == [x for x in full if x[0] > start][:10]
+
+
 def test_feature_cache_fills_once_and_matches_uncached_training(built, tmp_path):
     import csv
 
