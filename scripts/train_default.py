@@ -11,9 +11,13 @@
     python scripts/train_default.py mixed3   # mixed continued, rare small targets (nodule, pneumothorax,
                                              # polyp) streamed and asked more often (default_mixed3.json)
     python scripts/train_default.py mixed4   # the same, 500 more steps at half the rate (default_mixed4.json)
+    python scripts/train_default.py mixed5   # mixed continued on train + train2 (more X-ray and endoscopy
+                                             # phantoms), stores interleaved (default_mixed5.json)
     python scripts/train_default.py export   # runs/default-mixed4/model -> rcmed/weights/default/
-    python scripts/train_default.py postprocess  # largest-component rule per target, chosen on the
-                                                 # align phantoms (never asked grounding questions)
+    python scripts/train_default.py postprocess  # largest-component rule per target, chosen on
+                                                 # validation phantoms (seed 14, in no other set)
+    python scripts/train_default.py validate --models RUN/model ...  # rank models on the validation
+                                             # phantoms (not part of `all`)
     python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
     python scripts/train_default.py all      # everything above in order
 
@@ -22,8 +26,13 @@ Data (all generated here or fetched from a pinned wheel; nothing is downloaded a
   StarDist/DSB-2018 nuclei image, each tile in its 8 rotations/flips (records of one tile share
   its case id), interleaved so every shuffle buffer holds both kinds;
 - `data/align`: 100 other phantoms (seed 13) and the 12 training tiles, for stage 1;
+- `data/train2`: 320 more phantoms (seed 15) for `mixed5`: 100 X-ray, 60 endoscopy, 20 of each
+  other modality (the models until `mixed4` segmented training nodules at Dice 0.81 and
+  validation nodules at about 0.5: too few examples, not too little capacity);
 - `data/test`: 80 held-out phantoms (8 per modality, seed 12: case ids never seen in training)
   and the 4 held-out nuclei tiles (split by tile: one image only).
+- validation: 12 phantoms per modality drawn on the fly (seed 14, in no store) by `postprocess` and
+  `validate`; it chooses post-processing and decides whether a continued run is kept.
 """
 
 from __future__ import annotations
@@ -59,11 +68,14 @@ def _dihedral(sample, k: int):
                   instances=None if sample.instances is None else t(sample.instances))
 
 
-def _write(out: Path, phantom_seed: int, n_phantoms: int, tiles: list, split: str, augment: bool) -> None:
+def _write(out: Path, phantom_seed: int, n_phantoms: int, tiles: list, split: str, augment: bool,
+           mods: list[str] | None = None) -> None:
+    """Phantom i has modality `mods[i % len(mods)]` (default: each modality in turn) and seed
+    `phantom_seed * 1_000_003 + i`."""
     from rcmed.data.store import StoreWriter
     from rcmed.data.synth import GENERATORS, phantom_samples, synth
 
-    mods = sorted(GENERATORS)
+    mods = mods or sorted(GENERATORS)
     extra = [_dihedral(s, k) for s in tiles for k in range(8)] if augment else list(tiles)
     with StoreWriter(out) as w:
         j = 0
@@ -91,13 +103,19 @@ def data() -> None:
     train_tiles = [s for s, sp in tiles if sp == "train"]
     test_tiles = [s for s, sp in tiles if sp == "test"]
     print(f"nuclei tiles: {len(train_tiles)} train, {len(test_tiles)} test")
-    for name, seed, n, tl, split, aug in [("train", 11, 400, train_tiles, "train", True),
-                                          ("align", 13, 100, train_tiles, "train", False),
-                                          ("test", 12, 80, test_tiles, "test", False)]:
+    from rcmed.data.synth import GENERATORS
+
+    # train2: more of the modalities whose small targets were under-learned (X-ray nodules, polyps):
+    # per cycle of 16, four X-ray and two endoscopy phantoms besides one of every modality
+    more = ["xray"] * 4 + ["endoscopy"] * 2 + sorted(GENERATORS)
+    for name, seed, n, tl, split, aug, mods in [("train", 11, 400, train_tiles, "train", True, None),
+                                                ("align", 13, 100, train_tiles, "train", False, None),
+                                                ("test", 12, 80, test_tiles, "test", False, None),
+                                                ("train2", 15, 320, [], "train", False, more)]:
         if (DATA / f"{name}-built" / "manifest.jsonl").is_file():
             continue
         shutil.rmtree(DATA / name, ignore_errors=True)
-        _write(DATA / name, seed, n, tl, split, aug)
+        _write(DATA / name, seed, n, tl, split, aug, mods)
         build_store(DATA / name, DATA / f"{name}-built", workers=2)
         print(f"data/{name}-built ready")
 
@@ -134,6 +152,10 @@ def mixed4() -> None:
     _train("configs/train/default_mixed4.json")
 
 
+def mixed5() -> None:
+    _train("configs/train/default_mixed5.json")
+
+
 FINAL = "default-mixed4"  # the run whose model ships
 STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2",
           "default-mixed3", "default-mixed4")
@@ -158,48 +180,92 @@ def export() -> None:
         shutil.copy2(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_metrics.csv")
         plot_losses(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_loss.png")
     write_targets(TrainConfig.load(RUNS / FINAL / "train.json"), WEIGHTS / "targets.json")
-    cases = sorted({r.case_id for store in ("train-built", "align-built") for r in iter_records(DATA / store, split="train")})
+    cases = sorted({r.case_id for store in ("train-built", "align-built", "train2-built") for r in iter_records(DATA / store, split="train")})
     (WEIGHTS / "training_cases.json").write_text(json.dumps(cases) + "\n")  # `rcmed eval` refuses these cases
     size = sum(f.stat().st_size for f in WEIGHTS.iterdir())
     print(f"exported to {WEIGHTS} ({size / 2**20:.1f} MB)")
 
 
-def postprocess(per_modality: int = 6) -> None:
-    """Choose mask post-processing (largest component or not, per target) on validation cases: the
-    `align` phantoms, which trained the descriptions (painted) but were never asked a grounding
-    question. Writes `postprocess.json` into the shipped folder (before `eval`, which then uses it)."""
-    from collections import Counter
+VAL_SEED, VAL_PER_MODALITY = 14, 12  # validation phantoms: a seed no training or test record uses
 
-    from rcmed.data.store import iter_records, read_sample
-    from rcmed.io.image import MedicalImage, parse_modality
-    from rcmed.postprocess import FILE, choose_rules
+
+def validation_pairs(folder: Path, per_modality: int = VAL_PER_MODALITY) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(target name, predicted mask, true mask) for every present target of `per_modality` fresh phantoms
+    of each modality (seed VAL_SEED), asked by words alone, masks as predicted (no post-processing).
+    A target the model calls absent gives an empty prediction (Dice 0), so the pairs also rank models.
+    Kept in `runs/validation/` under the weights' checksum: `validate` and `postprocess` of one model
+    predict once."""
+    from rcmed.data.synth import GENERATORS, synth
+    from rcmed.postprocess import PostprocessRules
     from rcmed.predictor import Predictor
 
-    (WEIGHTS / FILE).unlink(missing_ok=True)  # measure the raw masks
-    predictor = Predictor.from_pretrained(WEIGHTS)
-    seen: Counter = Counter()
+    predictor = Predictor.from_pretrained(folder)
+    cache = RUNS / "validation" / f"{predictor.sha256[:16]}-s{VAL_SEED}-n{per_modality}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            shape = tuple(int(v) for v in z["shape"])
+            return [(str(n), np.unpackbits(p, count=int(np.prod(shape))).reshape(shape).astype(bool),
+                     np.unpackbits(t, count=int(np.prod(shape))).reshape(shape).astype(bool))
+                    for n, p, t in zip(z["names"], z["pred"], z["true"], strict=True)]
+    predictor.rules = PostprocessRules()
     pairs = []
+    for mod in sorted(GENERATORS):
+        for i in range(per_modality):
+            ph = synth(mod, VAL_SEED * 1_000_003 + i, size=256)
+            predictor.set_image(ph.image)
+            for name, true in ph.masks.items():
+                if not true.any():
+                    continue
+                got = predictor.predict(f"Segment the {name}.").targets
+                pred = got[0].mask if got and got[0].mask is not None else np.zeros_like(true)
+                pairs.append((name, pred, true))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, names=np.array([n for n, _, _ in pairs]), shape=np.array(pairs[0][1].shape),
+                        pred=np.stack([np.packbits(p.ravel()) for _, p, _ in pairs]),
+                        true=np.stack([np.packbits(t.ravel()) for _, _, t in pairs]))
+    tmp.replace(cache)
+    return pairs
+
+
+def postprocess() -> None:
+    """Choose mask post-processing (largest component or not, per target) on validation phantoms
+    never used in training or testing (`VAL_PER_MODALITY` per modality, seed `VAL_SEED`). Writes
+    `postprocess.json` into the shipped folder (before `eval`, which then uses it)."""
+    from rcmed.eval.metrics import dice
+    from rcmed.postprocess import choose_rules
+
     t0 = time.time()
-    for rec in iter_records(DATA / "align-built"):
-        if rec.source.startswith("dsb2018") or seen[rec.modality] >= per_modality:  # training tiles
-            continue
-        seen[rec.modality] += 1
-        sample = read_sample(DATA / "align-built", rec)
-        predictor.set_image(MedicalImage(array=sample.image, modality=parse_modality(rec.modality),
-                                         rgb=sample.image.ndim == 3))
-        for k, name in enumerate(rec.targets):
-            true = sample.masks[k]
-            if true is None or not true.any():
-                continue
-            got = predictor.predict(f"Segment the {name}.").targets
-            if got and got[0].mask is not None:
-                pairs.append((name, got[0].mask, true))
-    rules = choose_rules(pairs)
+    pairs = validation_pairs(WEIGHTS)
+    rules = choose_rules([(n, p, t) for n, p, t in pairs if p.any()])  # a missed target says nothing about the rule
     rules.save(WEIGHTS)
-    print(f"{len(pairs)} validation masks on {sum(seen.values())} images in {time.time() - t0:.0f} s; "
+    raw = float(np.mean([dice(p, t) for _, p, t in pairs]))
+    print(f"{len(pairs)} validation masks in {time.time() - t0:.0f} s, mean Dice {raw:.4f} as predicted; "
           f"largest component kept for: {', '.join(rules.keep_largest) or 'none'}")
     for name, ev in rules.evidence.items():
         print(f"  {name:<16} {ev}")
+
+
+def validate(models: list[str] | None = None) -> None:
+    """Rank model folders on the validation phantoms (words alone, raw masks): mean Dice per target and
+    the mean over targets. How a continued run is kept or dropped, without looking at the test set."""
+    from collections import defaultdict
+
+    from rcmed.eval.metrics import dice
+
+    table: dict[str, dict[str, float]] = {}
+    for folder in models or [str(WEIGHTS)]:
+        t0 = time.time()
+        by_name: dict[str, list[float]] = defaultdict(list)
+        for name, p, t in validation_pairs(Path(folder)):
+            by_name[name].append(dice(p, t))
+        table[folder] = {n: float(np.mean(v)) for n, v in sorted(by_name.items())}
+        print(f"{folder}: mean over {len(by_name)} targets {np.mean(list(table[folder].values())):.4f} "
+              f"({sum(map(len, by_name.values()))} masks, {time.time() - t0:.0f} s)", flush=True)
+    names = sorted({n for row in table.values() for n in row})
+    print("target".ljust(16) + "".join(Path(f).parent.name[-12:].rjust(14) for f in table))
+    for n in names:
+        print(n.ljust(16) + "".join(f"{row.get(n, float('nan')):14.4f}" for row in table.values()))
 
 
 def evaluate_default() -> None:
@@ -219,13 +285,18 @@ def evaluate_default() -> None:
 
 
 STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
-         "mixed3": mixed3, "mixed4": mixed4, "export": export, "postprocess": postprocess, "eval": evaluate_default}
+         "mixed3": mixed3, "mixed4": mixed4, "mixed5": mixed5, "export": export, "postprocess": postprocess, "eval": evaluate_default}
+EXTRA = {"validate": validate}  # not part of `all`
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=[*STEPS, "all"])
+    ap.add_argument("step", choices=[*STEPS, *EXTRA, "all"])
+    ap.add_argument("--models", nargs="+", help="validate: model folders to rank (default: the shipped one)")
     args = ap.parse_args()
+    if args.step in EXTRA:
+        validate(args.models)
+        return
     for name in STEPS if args.step == "all" else [args.step]:
         t0 = time.time()
         print(f"== {name}", flush=True)
