@@ -13,8 +13,8 @@
     python scripts/train_default.py mixed4   # the same, 500 more steps at half the rate (default_mixed4.json)
     python scripts/train_default.py mixed5   # mixed continued on train + train2 (more X-ray and endoscopy
                                              # phantoms), stores interleaved (default_mixed5.json)
-    python scripts/train_default.py export   # runs/default-mixed4/model -> rcmed/weights/default/
-    python scripts/train_default.py postprocess  # largest-component rule per target, chosen on
+    python scripts/train_default.py export   # runs/default-mixed5/model -> rcmed/weights/default/
+    python scripts/train_default.py postprocess  # largest-component or speck rule per target, chosen on
                                                  # validation phantoms (seed 14, in no other set)
     python scripts/train_default.py validate --models RUN/model ...  # rank models on the validation
                                              # phantoms (not part of `all`)
@@ -156,9 +156,9 @@ def mixed5() -> None:
     _train("configs/train/default_mixed5.json")
 
 
-FINAL = "default-mixed4"  # the run whose model ships
+FINAL = "default-mixed5"  # the run whose model ships
 STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2",
-          "default-mixed3", "default-mixed4")
+          "default-mixed3", "default-mixed4", "default-mixed5")
 
 
 def export() -> None:
@@ -229,7 +229,7 @@ def validation_pairs(folder: Path, per_modality: int = VAL_PER_MODALITY) -> list
 
 
 def postprocess() -> None:
-    """Choose mask post-processing (largest component or not, per target) on validation phantoms
+    """Choose mask post-processing (largest component, no specks or as predicted, per target) on validation phantoms
     never used in training or testing (`VAL_PER_MODALITY` per modality, seed `VAL_SEED`). Writes
     `postprocess.json` into the shipped folder (before `eval`, which then uses it)."""
     from rcmed.eval.metrics import dice
@@ -241,7 +241,8 @@ def postprocess() -> None:
     rules.save(WEIGHTS)
     raw = float(np.mean([dice(p, t) for _, p, t in pairs]))
     print(f"{len(pairs)} validation masks in {time.time() - t0:.0f} s, mean Dice {raw:.4f} as predicted; "
-          f"largest component kept for: {', '.join(rules.keep_largest) or 'none'}")
+          f"largest component kept for: {', '.join(rules.keep_largest) or 'none'}; "
+          f"specks dropped for: {', '.join(rules.drop_specks) or 'none'}")
     for name, ev in rules.evidence.items():
         print(f"  {name:<16} {ev}")
 
@@ -263,7 +264,8 @@ def validate(models: list[str] | None = None) -> None:
         print(f"{folder}: mean over {len(by_name)} targets {np.mean(list(table[folder].values())):.4f} "
               f"({sum(map(len, by_name.values()))} masks, {time.time() - t0:.0f} s)", flush=True)
     names = sorted({n for row in table.values() for n in row})
-    print("target".ljust(16) + "".join(Path(f).parent.name[-12:].rjust(14) for f in table))
+    label = [(Path(f).parent if Path(f).name == "model" else Path(f)).name[-13:] for f in table]
+    print("target".ljust(16) + "".join(x.rjust(14) for x in label))
     for n in names:
         print(n.ljust(16) + "".join(f"{row.get(n, float('nan')):14.4f}" for row in table.values()))
 

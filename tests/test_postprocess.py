@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from rcmed.postprocess import FILE, PostprocessRules, choose_rules, keep_largest
+from rcmed.postprocess import FILE, PostprocessRules, choose_rules, drop_specks, keep_largest
 from rcmed.predictor import ModelNotAvailableError, Predictor
 
 
@@ -26,6 +26,14 @@ def test_keep_largest_2d_and_3d():
     assert keep_largest(v).sum() == 2 * 36
 
 
+def test_drop_specks_keeps_real_parts():
+    two = _disc(20, 20, 8) | _disc(44, 44, 6)  # a pair (kidneys): the smaller part is half the larger
+    speck = _disc(5, 58, 1)
+    assert (drop_specks(two | speck) == two).all()
+    assert keep_largest(two | speck).sum() == _disc(20, 20, 8).sum()
+    assert not drop_specks(np.zeros((8, 8), bool)).any()
+
+
 def test_rules_follow_validation_dice_per_target():
     rng = np.random.default_rng(0)
     pairs = []
@@ -34,13 +42,18 @@ def test_rules_follow_validation_dice_per_target():
         pairs.append(("Polyp", true | _disc(5, 5 + k, 2), true))  # one structure with a speck: rule helps
         cells = _disc(15, 15 + k, 4) | _disc(45, 45, 4) | _disc(15, 45, 4)
         pairs.append(("nuclei", cells, cells))  # many parts: the rule would delete most of them
+        kidneys = _disc(20, 20, 8) | _disc(44, 44 - k, 6)
+        pairs.append(("kidneys", kidneys | _disc(5, 58, 1), kidneys))  # two real parts and a speck
     pairs.append(("kidney", _disc(20, 20, 5) | _disc(50, 50, 1), _disc(20, 20, 5)))  # one case only
     rules = choose_rules(pairs)
-    assert rules.keep_largest == ["polyp"]
+    assert rules.keep_largest == [] and rules.drop_specks == ["kidneys", "polyp"]  # a tie goes to the gentler rule
+    assert rules.evidence["kidneys"]["dice_largest"] < rules.evidence["kidneys"]["dice"] < rules.evidence["kidneys"]["dice_no_specks"]
+    big_speck = [("lung", _disc(30, 30, 12) | _disc(6, 6, 5), _disc(30, 30, 12))] * 3  # 81 px: not a speck of 450
+    assert choose_rules(big_speck).keep_largest == ["lung"]
     assert rules.evidence["nuclei"]["dice"] == 1.0 and rules.evidence["nuclei"]["dice_largest"] <= 0.5
     assert rules.evidence["kidney"]["cases"] == 1  # measured, but too few cases for a rule
     noisy = _disc(30, 30, 10) | (rng.random((64, 64)) > 0.999)
-    assert rules.apply(" POLYP ", noisy).sum() == _disc(30, 30, 10).sum()
+    assert rules.apply(" POLYP ", noisy).sum() == _disc(30, 30, 10).sum()  # single pixels are specks
     assert rules.apply("nuclei", noisy).sum() == noisy.sum()
     with pytest.raises(ValueError, match="differ in shape"):
         choose_rules([("x", np.zeros((4, 4), bool), np.zeros((5, 4), bool))])
@@ -52,6 +65,8 @@ def test_model_folder_carries_the_rules(tiny_trained, tmp_path):
     assert Predictor.from_pretrained(folder).rules.keep_largest == []
     PostprocessRules(keep_largest=["liver"]).save(folder)
     assert Predictor.from_pretrained(folder).rules.keep_largest == ["liver"]
+    PostprocessRules(drop_specks=["kidneys"]).save(folder)
+    assert Predictor.from_pretrained(folder).rules.drop_specks == ["kidneys"]
     (folder / FILE).write_text("{not json")
     with pytest.raises(ModelNotAvailableError, match="post-processing rules"):
         Predictor.from_pretrained(folder)
