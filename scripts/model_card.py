@@ -165,10 +165,10 @@ CPU out of the box and so that the training recipe is shown to work.
   from 0.901 to 0.910 (nodule 0.41 -> 0.52, polyp 0.953 -> 0.971, tumour 0.72 -> 0.81; liver
   lesion 0.944 -> 0.903 and kidneys 0.969 -> 0.944 fell), so it was kept.{wall}
 - Post-processing (`postprocess.json`, chosen by `python scripts/train_default.py postprocess`, as
-  nnU-Net chooses it on validation): only the largest connected component is kept for
-  {pp_names}; components under 10% of the largest are dropped for {pp_specks}: the targets
-  where that rule raised mean Dice by at least 0.005 on the validation phantoms; every other
-  target keeps all its parts. The file holds the per-target evidence.
+  nnU-Net chooses it on validation): the largest connected component alone is kept for
+  {pp_names}, and components under 10% of the largest are dropped for {pp_specks}: the
+  targets where that rule raised mean Dice by at least 0.005 on the validation phantoms; every
+  other target keeps all its parts. The file holds the per-target evidence.
 - Configs: `configs/train/default_align.json`, `default_ground.json`, `default_ground2.json`,
   `default_mixed.json`, `default_mixed2.json`, `default_mixed3.json`, `default_mixed4.json`,
   `default_mixed5.json`; loss

@@ -142,6 +142,9 @@ def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, ran
         return ShardStream(store, split=split, seed=seed, epoch=epoch, buffer=buffer, start=skip, rank=rank,
                            world_size=world_size, repeat=repeat)
 
+    def no_samples() -> ValueError:
+        return ValueError(f"no training samples in {stores} (split {split!r}, rank {rank}/{world_size})")
+
     base = 0  # this rank's samples in the epochs already passed (consumed or skipped)
     epoch = 0
     while True:
@@ -157,7 +160,7 @@ def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, ran
             total = sum(lengths)
             order = np.random.default_rng([seed, epoch, 2]).permutation(np.repeat(np.arange(len(stores)), lengths))
         if total == 0:
-            raise ValueError(f"no training samples in {stores} (split {split!r}, rank {rank}/{world_size})")
+            raise no_samples()
         if total is not None and start >= base + total:  # this whole epoch was consumed before the resume
             base += total
             epoch += 1
@@ -179,7 +182,7 @@ def example_stream(stores: list[str], stage: str, seed: int, start: int = 0, ran
         if order is None:
             total = getattr(s, "n_mine", 0)
             if total == 0:
-                raise ValueError(f"no training samples in {stores} (split {split!r}, rank {rank}/{world_size})")
+                raise no_samples()
         base += total
         epoch += 1
 
