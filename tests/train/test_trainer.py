@@ -134,6 +134,9 @@ def test_several_stores_are_interleaved_and_resume_exactly(built, tmp_path_facto
     for start in (7, 24, 31):  # inside the first epoch, at its end, inside the second
         resumed = [(p, r) for p, r, _ in islice(example_stream(stores, "ground", 5, start=start, split="train"), 10)]
         assert resumed == [x for x in full if x[0] > start][:10]
+    for some in (stores, stores[:1]):  # a split no record is in: a clear error, not an endless loop
+        with pytest.raises(ValueError, match="no training samples"):
+            next(example_stream(some, "ground", 5, split="test"))
 
 
 def test_feature_cache_fills_once_and_matches_uncached_training(built, tmp_path):
