@@ -28,7 +28,7 @@ Data (all generated here or fetched from a pinned wheel; nothing is downloaded a
 - `data/align`: 100 other phantoms (seed 13) and the 12 training tiles, for stage 1;
 - `data/train2`: 320 more phantoms (seed 15) for `mixed5`: 100 X-ray, 60 endoscopy, 20 of each
   other modality (the models until `mixed4` segmented training nodules at Dice 0.81 and
-  validation nodules at about 0.5: too few examples, not too little capacity);
+  validation nodules at about 0.4: too few examples, not too little capacity);
 - `data/test`: 80 held-out phantoms (8 per modality, seed 12: case ids never seen in training)
   and the 4 held-out nuclei tiles (split by tile: one image only).
 - validation: 12 phantoms per modality drawn on the fly (seed 14, in no store) by `postprocess` and
@@ -97,14 +97,13 @@ def _write(out: Path, phantom_seed: int, n_phantoms: int, tiles: list, split: st
 def data() -> None:
     from rcmed.data.build import build_store
     from rcmed.data.nuclei import nuclei_tiles, stardist_nuclei
+    from rcmed.data.synth import GENERATORS
 
     image, labels = stardist_nuclei()
     tiles = list(nuclei_tiles(image, labels, 128))
     train_tiles = [s for s, sp in tiles if sp == "train"]
     test_tiles = [s for s, sp in tiles if sp == "test"]
     print(f"nuclei tiles: {len(train_tiles)} train, {len(test_tiles)} test")
-    from rcmed.data.synth import GENERATORS
-
     # train2: more of the modalities whose small targets were under-learned (X-ray nodules, polyps):
     # per cycle of 16, four X-ray and two endoscopy phantoms besides one of every modality
     more = ["xray"] * 4 + ["endoscopy"] * 2 + sorted(GENERATORS)
@@ -288,16 +287,20 @@ def evaluate_default() -> None:
 
 STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
          "mixed3": mixed3, "mixed4": mixed4, "mixed5": mixed5, "export": export, "postprocess": postprocess, "eval": evaluate_default}
-EXTRA = {"validate": validate}  # not part of `all`
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=[*STEPS, *EXTRA, "all"])
+    ap.add_argument("step", choices=[*STEPS, "validate", "all"])  # validate: not part of `all`
     ap.add_argument("--models", nargs="+", help="validate: model folders to rank (default: the shipped one)")
     args = ap.parse_args()
-    if args.step in EXTRA:
-        validate(args.models)
+    if args.step == "validate":
+        from rcmed.predictor import ModelNotAvailableError
+
+        try:
+            validate(args.models)
+        except ModelNotAvailableError as err:
+            raise SystemExit(f"error: {err}") from None
         return
     for name in STEPS if args.step == "all" else [args.step]:
         t0 = time.time()
