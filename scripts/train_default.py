@@ -13,7 +13,9 @@
     python scripts/train_default.py mixed4   # the same, 500 more steps at half the rate (default_mixed4.json)
     python scripts/train_default.py mixed5   # mixed continued on train + train2 (more X-ray and endoscopy
                                              # phantoms), stores interleaved (default_mixed5.json)
-    python scripts/train_default.py export   # runs/default-mixed5/model -> rcmed/weights/default/
+    python scripts/train_default.py mixed6   # mixed continued on train + train2 + train3 (polyps, and
+                                             # phantoms drawn at 128 px) (default_mixed6.json)
+    python scripts/train_default.py export   # runs/<FINAL>/model -> rcmed/weights/default/
     python scripts/train_default.py postprocess  # largest-component or speck rule per target, chosen on
                                                  # validation phantoms (seed 14, in no other set)
     python scripts/train_default.py validate --models RUN/model ...  # rank models on the validation
@@ -29,6 +31,8 @@ Data (all generated here or fetched from a pinned wheel; nothing is downloaded a
 - `data/train2`: 320 more phantoms (seed 15) for `mixed5`: 100 X-ray, 60 endoscopy, 20 of each
   other modality (the models until `mixed4` segmented training nodules at Dice 0.81 and
   validation nodules at about 0.4: too few examples, not too little capacity);
+- `data/train3`: 320 more phantoms (seed 16) for `mixed6`: 100 endoscopy, 60 X-ray, 20 of each
+  other modality; one in 5 drawn at 128 px instead of 256;
 - `data/test`: 80 held-out phantoms (8 per modality, seed 12: case ids never seen in training)
   and the 4 held-out nuclei tiles (split by tile: one image only).
 - validation: 12 phantoms per modality drawn on the fly (seed 14, in no store) by `postprocess` and
@@ -69,9 +73,9 @@ def _dihedral(sample, k: int):
 
 
 def _write(out: Path, phantom_seed: int, n_phantoms: int, tiles: list, split: str, augment: bool,
-           mods: list[str] | None = None) -> None:
-    """Phantom i has modality `mods[i % len(mods)]` (default: each modality in turn) and seed
-    `phantom_seed * 1_000_003 + i`."""
+           mods: list[str] | None = None, sizes: tuple[int, ...] = (256,)) -> None:
+    """Phantom i has modality `mods[i % len(mods)]` (default: each modality in turn), side
+    `sizes[i % len(sizes)]` pixels and seed `phantom_seed * 1_000_003 + i`."""
     from rcmed.data.store import StoreWriter
     from rcmed.data.synth import GENERATORS, phantom_samples, synth
 
@@ -81,7 +85,7 @@ def _write(out: Path, phantom_seed: int, n_phantoms: int, tiles: list, split: st
         j = 0
         for i in range(n_phantoms):
             mod = mods[i % len(mods)]
-            for s in phantom_samples(synth(mod, phantom_seed * 1_000_003 + i, size=256), f"{mod}-{phantom_seed}-{i:07d}",
+            for s in phantom_samples(synth(mod, phantom_seed * 1_000_003 + i, size=sizes[i % len(sizes)]), f"{mod}-{phantom_seed}-{i:07d}",
                                      source=f"synth-{mod}"):
                 w.add(s)
                 w.set_split(s.record.case_id, split)
@@ -107,14 +111,19 @@ def data() -> None:
     # train2: more of the modalities whose small targets were under-learned (X-ray nodules, polyps):
     # per cycle of 16, four X-ray and two endoscopy phantoms besides one of every modality
     more = ["xray"] * 4 + ["endoscopy"] * 2 + sorted(GENERATORS)
-    for name, seed, n, tl, split, aug, mods in [("train", 11, 400, train_tiles, "train", True, None),
-                                                ("align", 13, 100, train_tiles, "train", False, None),
-                                                ("test", 12, 80, test_tiles, "test", False, None),
-                                                ("train2", 15, 320, [], "train", False, more)]:
+    # train3: polyps again (the endoscopy row stayed below the true-box oracle after mixed5), and one
+    # phantom in 5 drawn at 128 px (upsampled by the model: the 128-px bench scored far below 256)
+    polyps = ["endoscopy"] * 4 + ["xray"] * 2 + sorted(GENERATORS)
+    for name, seed, n, tl, split, aug, mods, sizes in [
+            ("train", 11, 400, train_tiles, "train", True, None, (256,)),
+            ("align", 13, 100, train_tiles, "train", False, None, (256,)),
+            ("test", 12, 80, test_tiles, "test", False, None, (256,)),
+            ("train2", 15, 320, [], "train", False, more, (256,)),
+            ("train3", 16, 320, [], "train", False, polyps, (256, 256, 256, 256, 128))]:
         if (DATA / f"{name}-built" / "manifest.jsonl").is_file():
             continue
         shutil.rmtree(DATA / name, ignore_errors=True)
-        _write(DATA / name, seed, n, tl, split, aug, mods)
+        _write(DATA / name, seed, n, tl, split, aug, mods, sizes)
         build_store(DATA / name, DATA / f"{name}-built", workers=2)
         print(f"data/{name}-built ready")
 
@@ -155,9 +164,13 @@ def mixed5() -> None:
     _train("configs/train/default_mixed5.json")
 
 
-FINAL = "default-mixed5"  # the run whose model ships
+def mixed6() -> None:
+    _train("configs/train/default_mixed6.json")
+
+
+FINAL = "default-mixed6"  # the run whose model ships
 STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2",
-          "default-mixed3", "default-mixed4", "default-mixed5")
+          "default-mixed3", "default-mixed4", "default-mixed5", "default-mixed6")
 
 
 def export() -> None:
@@ -179,7 +192,7 @@ def export() -> None:
         shutil.copy2(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_metrics.csv")
         plot_losses(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_loss.png")
     write_targets(TrainConfig.load(RUNS / FINAL / "train.json"), WEIGHTS / "targets.json")
-    cases = sorted({r.case_id for store in ("train-built", "align-built", "train2-built") for r in iter_records(DATA / store, split="train")})
+    cases = sorted({r.case_id for store in ("train-built", "align-built", "train2-built", "train3-built") for r in iter_records(DATA / store, split="train")})
     (WEIGHTS / "training_cases.json").write_text(json.dumps(cases) + "\n")  # `rcmed eval` refuses these cases
     size = sum(f.stat().st_size for f in WEIGHTS.iterdir())
     print(f"exported to {WEIGHTS} ({size / 2**20:.1f} MB)")
@@ -189,42 +202,55 @@ VAL_SEED, VAL_PER_MODALITY = 14, 12  # validation phantoms: a seed no training o
 
 
 def validation_pairs(folder: Path, per_modality: int = VAL_PER_MODALITY) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(target name, predicted mask, true mask) for every present target of `per_modality` fresh phantoms
-    of each modality (seed VAL_SEED), asked by words alone, masks as predicted (no post-processing).
-    A target the model calls absent gives an empty prediction (Dice 0), so the pairs also rank models.
-    Kept in `runs/validation/` under the weights' checksum: `validate` and `postprocess` of one model
-    predict once."""
+    """(target name, predicted mask, true mask) for every present target of the validation phantoms
+    (see `validation_answers`)."""
+    return validation_answers(folder, per_modality)[0]
+
+
+def validation_answers(folder: Path, per_modality: int = VAL_PER_MODALITY
+                       ) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[tuple[str, float]]]:
+    """Ask `per_modality` fresh phantoms of each modality (seed VAL_SEED) for every target by words alone.
+    Returns (target name, predicted mask, true mask) for every present target, masks as predicted (no
+    post-processing; a target the model calls absent gives an empty mask, Dice 0, so the pairs also rank
+    models), and (target name, presence probability) for every target drawn absent, so that a model
+    that finds more by calling more present is seen doing so. Kept in `runs/validation/` under the
+    weights' checksum: `validate` and `postprocess` of one model predict once."""
     from rcmed.data.synth import GENERATORS, synth
     from rcmed.postprocess import PostprocessRules
     from rcmed.predictor import Predictor
 
     predictor = Predictor.from_pretrained(folder)
-    cache = RUNS / "validation" / f"{predictor.sha256[:16]}-s{VAL_SEED}-n{per_modality}.npz"
+    cache = RUNS / "validation" / f"{predictor.sha256[:16]}-s{VAL_SEED}-n{per_modality}-v2.npz"
     if cache.is_file():
         with np.load(cache) as z:
             shape = tuple(int(v) for v in z["shape"])
-            return [(str(n), np.unpackbits(p, count=int(np.prod(shape))).reshape(shape).astype(bool),
-                     np.unpackbits(t, count=int(np.prod(shape))).reshape(shape).astype(bool))
-                    for n, p, t in zip(z["names"], z["pred"], z["true"], strict=True)]
+            pairs = [(str(n), np.unpackbits(p, count=int(np.prod(shape))).reshape(shape).astype(bool),
+                      np.unpackbits(t, count=int(np.prod(shape))).reshape(shape).astype(bool))
+                     for n, p, t in zip(z["names"], z["pred"], z["true"], strict=True)]
+            return pairs, [(str(n), float(v)) for n, v in zip(z["absent_names"], z["absent_presence"], strict=True)]
     predictor.rules = PostprocessRules()
-    pairs = []
+    pairs, absent = [], []
     for mod in sorted(GENERATORS):
         for i in range(per_modality):
             ph = synth(mod, VAL_SEED * 1_000_003 + i, size=256)
             predictor.set_image(ph.image)
-            for name, true in ph.masks.items():
-                if not true.any():
-                    continue
+            for name in [*ph.masks, *ph.absent]:
+                true = ph.masks.get(name)
                 got = predictor.predict(f"Segment the {name}.").targets
+                if true is None or not true.any():
+                    absent.append((name, got[0].presence if got else 0.0))
+                    continue
                 pred = got[0].mask if got and got[0].mask is not None else np.zeros_like(true)
                 pairs.append((name, pred, true))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, names=np.array([n for n, _, _ in pairs]), shape=np.array(pairs[0][1].shape),
                         pred=np.stack([np.packbits(p.ravel()) for _, p, _ in pairs]),
-                        true=np.stack([np.packbits(t.ravel()) for _, _, t in pairs]))
+                        true=np.stack([np.packbits(t.ravel()) for _, _, t in pairs]),
+                        absent_names=np.array([n for n, _ in absent], dtype=str),
+                        absent_presence=np.array([v for _, v in absent], dtype=np.float32))
     tmp.replace(cache)
-    return pairs
+    return pairs, absent
 
 
 def postprocess() -> None:
@@ -248,25 +274,38 @@ def postprocess() -> None:
 
 def validate(models: list[str] | None = None) -> None:
     """Rank model folders on the validation phantoms (words alone, raw masks): mean Dice per target and
-    the mean over targets. How a continued run is kept or dropped, without looking at the test set."""
+    the mean over targets, and how often a target drawn absent is called present (threshold 0.5).
+    How a continued run is kept or dropped, without looking at the test set."""
     from collections import defaultdict
 
     from rcmed.eval.metrics import dice
 
     table: dict[str, dict[str, float]] = {}
+    false_calls: dict[str, dict[str, tuple[int, int]]] = {}
     for folder in models or [str(WEIGHTS)]:
         t0 = time.time()
+        pairs, absent = validation_answers(Path(folder))
         by_name: dict[str, list[float]] = defaultdict(list)
-        for name, p, t in validation_pairs(Path(folder)):
+        for name, p, t in pairs:
             by_name[name].append(dice(p, t))
         table[folder] = {n: float(np.mean(v)) for n, v in sorted(by_name.items())}
+        calls: dict[str, list[bool]] = defaultdict(list)
+        for name, presence in absent:
+            calls[name].append(presence >= 0.5)
+        false_calls[folder] = {n: (sum(v), len(v)) for n, v in sorted(calls.items())}
+        wrong = sum(k for k, _ in false_calls[folder].values())
         print(f"{folder}: mean over {len(by_name)} targets {np.mean(list(table[folder].values())):.4f} "
-              f"({sum(map(len, by_name.values()))} masks, {time.time() - t0:.0f} s)", flush=True)
+              f"({len(pairs)} masks); {wrong} of {len(absent)} absent targets called present "
+              f"({time.time() - t0:.0f} s)", flush=True)
     names = sorted({n for row in table.values() for n in row})
-    label = [(Path(f).parent if Path(f).name == "model" else Path(f)).name[-13:] for f in table]
-    print("target".ljust(16) + "".join(x.rjust(14) for x in label))
+    label = [(Path(f).parent if Path(f).name == "model" else Path(f)).name for f in table]
+    width = max(14, *(len(x) + 2 for x in label))  # a column as wide as its run's name, which is never cut
+    print("Dice".ljust(16) + "".join(x.rjust(width) for x in label))
     for n in names:
-        print(n.ljust(16) + "".join(f"{row.get(n, float('nan')):14.4f}" for row in table.values()))
+        print(n.ljust(16) + "".join(f"{row.get(n, float('nan')):{width}.4f}" for row in table.values()))
+    print("called present, of absent".ljust(16))
+    for n in sorted({n for row in false_calls.values() for n in row}):
+        print(n.ljust(16) + "".join(f"{'%d/%d' % row[n] if n in row else '-':>{width}}" for row in false_calls.values()))
 
 
 def evaluate_default() -> None:
@@ -286,7 +325,7 @@ def evaluate_default() -> None:
 
 
 STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
-         "mixed3": mixed3, "mixed4": mixed4, "mixed5": mixed5, "export": export, "postprocess": postprocess, "eval": evaluate_default}
+         "mixed3": mixed3, "mixed4": mixed4, "mixed5": mixed5, "mixed6": mixed6, "export": export, "postprocess": postprocess, "eval": evaluate_default}
 
 
 def main() -> None:
