@@ -192,19 +192,14 @@ def export() -> None:
         shutil.copy2(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_metrics.csv")
         plot_losses(run / "metrics.csv", WEIGHTS / f"{stage.split('-')[1]}_loss.png")
     write_targets(TrainConfig.load(RUNS / FINAL / "train.json"), WEIGHTS / "targets.json")
-    cases = sorted({r.case_id for store in ("train-built", "align-built", "train2-built", "train3-built") for r in iter_records(DATA / store, split="train")})
+    stores = {store for stage in STAGES for store in TrainConfig.load(RUNS / stage / "train.json").data}
+    cases = sorted({r.case_id for store in stores for r in iter_records(store, split="train")})
     (WEIGHTS / "training_cases.json").write_text(json.dumps(cases) + "\n")  # `rcmed eval` refuses these cases
     size = sum(f.stat().st_size for f in WEIGHTS.iterdir())
     print(f"exported to {WEIGHTS} ({size / 2**20:.1f} MB)")
 
 
 VAL_SEED, VAL_PER_MODALITY = 14, 12  # validation phantoms: a seed no training or test record uses
-
-
-def validation_pairs(folder: Path, per_modality: int = VAL_PER_MODALITY) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(target name, predicted mask, true mask) for every present target of the validation phantoms
-    (see `validation_answers`)."""
-    return validation_answers(folder, per_modality)[0]
 
 
 def validation_answers(folder: Path, per_modality: int = VAL_PER_MODALITY
@@ -261,7 +256,7 @@ def postprocess() -> None:
     from rcmed.postprocess import choose_rules
 
     t0 = time.time()
-    pairs = validation_pairs(WEIGHTS)
+    pairs, _ = validation_answers(WEIGHTS)
     rules = choose_rules([(n, p, t) for n, p, t in pairs if p.any()])  # a missed target says nothing about the rule
     rules.save(WEIGHTS)
     raw = float(np.mean([dice(p, t) for _, p, t in pairs]))
