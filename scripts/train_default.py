@@ -47,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -132,45 +133,10 @@ def _train(config: str) -> None:
     subprocess.run([sys.executable, "-m", "rcmed.cli", "train", "--config", config], cwd=ROOT, check=True)
 
 
-def align() -> None:
-    _train("configs/train/default_align.json")
-
-
-def ground() -> None:
-    _train("configs/train/default_ground.json")
-
-
-def ground2() -> None:
-    _train("configs/train/default_ground2.json")
-
-
-def mixed() -> None:
-    _train("configs/train/default_mixed.json")
-
-
-def mixed2() -> None:
-    _train("configs/train/default_mixed2.json")
-
-
-def mixed3() -> None:
-    _train("configs/train/default_mixed3.json")
-
-
-def mixed4() -> None:
-    _train("configs/train/default_mixed4.json")
-
-
-def mixed5() -> None:
-    _train("configs/train/default_mixed5.json")
-
-
-def mixed6() -> None:
-    _train("configs/train/default_mixed6.json")
-
-
-FINAL = "default-mixed6"  # the run whose model ships
-STAGES = ("default-align", "default-ground", "default-ground2", "default-mixed", "default-mixed2",
-          "default-mixed3", "default-mixed4", "default-mixed5", "default-mixed6")
+# the training runs in order; run `name` is `configs/train/default_{name}.json`, writing `runs/default-{name}`
+TRAIN_RUNS = ("align", "ground", "ground2", "mixed", "mixed2", "mixed3", "mixed4", "mixed5", "mixed6")
+STAGES = tuple(f"default-{name}" for name in TRAIN_RUNS)
+FINAL = STAGES[-1]  # the run whose model ships
 
 
 def export() -> None:
@@ -319,8 +285,8 @@ def evaluate_default() -> None:
         shutil.copy2(out / name, shipped / name)
 
 
-STEPS = {"data": data, "align": align, "ground": ground, "ground2": ground2, "mixed": mixed, "mixed2": mixed2,
-         "mixed3": mixed3, "mixed4": mixed4, "mixed5": mixed5, "mixed6": mixed6, "export": export, "postprocess": postprocess, "eval": evaluate_default}
+STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.json") for name in TRAIN_RUNS},
+         "export": export, "postprocess": postprocess, "eval": evaluate_default}
 
 
 def main() -> None:
