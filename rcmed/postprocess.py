@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from rcmed.eval.metrics import dice
+from rcmed.tta import allowed
 
 FILE = "postprocess.json"
 SPECK_FRACTION = 0.1  # a component under this share of the largest component's size is a speck
@@ -57,12 +58,22 @@ def drop_specks(mask: np.ndarray, fraction: float = SPECK_FRACTION) -> np.ndarra
 @dataclass
 class PostprocessRules:
     """`keep_largest`: target names (lower case) reduced to their largest component; `drop_specks`:
-    names whose components under `SPECK_FRACTION` of the largest are removed. `evidence`: per name,
-    the validation cases and mean Dice without and with each rule, so the choice can be audited."""
+    names whose components under `SPECK_FRACTION` of the largest are removed. `flips`: per name, the
+    mirrors whose logits are averaged with the image's (`rcmed.tta`; applied before the other rules).
+    `evidence`: per name, the validation cases where the target was found and their mean Dice without
+    and with each component rule (on the masks of the chosen mirrors); `flip_evidence`: per name, all
+    validation cases of the target (a miss counts 0) and their mean Dice per view. So every choice
+    can be audited."""
 
     keep_largest: list[str] = field(default_factory=list)
     drop_specks: list[str] = field(default_factory=list)
+    flips: dict[str, list[str]] = field(default_factory=dict)
     evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    flip_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def flips_for(self, name: str) -> tuple[str, ...]:
+        """The mirrors to average for target `name` (never one that swaps a side the name says)."""
+        return allowed(name, self.flips.get(target_key(name), ()))
 
     def apply(self, name: str, mask: np.ndarray) -> np.ndarray:
         key = target_key(name)
@@ -87,11 +98,14 @@ class PostprocessRules:
             data = json.loads(path.read_text())
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as err:
+            flips = {target_key(str(n)): [str(f) for f in v] for n, v in dict(data.get("flips", {})).items()}
+            for name, v in flips.items():
+                allowed(name, v)  # an unknown mirror is an error now, not at the first prediction
+        except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: unreadable post-processing rules ({err})") from None
         return cls(keep_largest=[str(n) for n in data.get("keep_largest", [])],
-                   drop_specks=[str(n) for n in data.get("drop_specks", [])],
-                   evidence=dict(data.get("evidence", {})))
+                   drop_specks=[str(n) for n in data.get("drop_specks", [])], flips=flips,
+                   evidence=dict(data.get("evidence", {})), flip_evidence=dict(data.get("flip_evidence", {})))
 
 
 def choose_rules(pairs: list[tuple[str, np.ndarray, np.ndarray]], min_gain: float = 0.005,

@@ -28,9 +28,10 @@ from rcmed.io.image import MedicalImage
 from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
 from rcmed.io.slices import from_slices, to_slices
-from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image
-from rcmed.model.rcmed import RCMedModel
+from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image, source_logits
+from rcmed.model.rcmed import Generation, RCMedModel
 from rcmed.postprocess import PostprocessRules, target_key
+from rcmed.tta import allowed, flip_image, unflip
 
 MAX_PROMPT_CHARS = 2000
 
@@ -107,6 +108,10 @@ class Predictor:
         self._geom: ImageGeometry | None = None
         self._pixels: torch.Tensor | None = None
         self._feats = None
+        self._normalised: np.ndarray | None = None  # the image as encoded, before resizing: (H, W) or (H, W, 3)
+        self._mirrors: dict[str, tuple[torch.Tensor, object]] = {}  # flip -> (pixels, features), made on demand
+        self._decoded: dict[tuple, torch.Tensor] = {}  # (ids, rounds, flip) -> mirror logits of the last answer
+        self._last: tuple[tuple, Generation] | None = None  # (request, generation): greedy decoding repeats itself
         self.folder: Path | None = None  # the model folder, when loaded from one
 
     @classmethod
@@ -133,30 +138,46 @@ class Predictor:
         if img.is_volume:
             raise RCMedInputError("image", f"is a volume with {img.n_slices} slices; use predict_volume()")
         x = normalize(img, window=window)
-        self._image = img
+        self._image, self._normalised = img, x
         self._pixels, self._geom = prepare_image(x, self.size)
+        self._mirrors, self._decoded, self._last = {}, {}, None
         with torch.inference_mode():
             self._feats = self.model.encode(self._pixels[None])
 
     def predict(self, prompt: str, points: list[list[float]] | None = None, boxes: list[list[float]] | None = None,
                 point_labels: list[int] | None = None, max_new_tokens: int | None = None,
-                rounds: int | None = None) -> Answer:
+                rounds: int | None = None, flips: tuple[str, ...] | list[str] | None = None) -> Answer:
         """Answer `prompt` about the image of `set_image`. `boxes`: source-pixel [x0, y0, x1, y1],
         one for all targets or one per target; `points`: source-pixel [x, y] shared by all targets,
         with `point_labels` 1 (inside, the default) or 0 (outside). `rounds` overrides the number
-        of closed-loop rounds (1 = no loop; used for ablations)."""
+        of closed-loop rounds (1 = no loop; used for ablations). `flips`: the mirrors ("h", "v")
+        whose mask logits are averaged with the image's for every target (`rcmed.tta`); None: each
+        target's mirrors from the model folder's rules; () none. Mirrors apply to prompts by words
+        alone: with boxes or points the mask is the image's own. Presence is always the image's own."""
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
         model_boxes = None if boxes is None else self._boxes_to_model(boxes)
         model_points = None if points is None else self._points_to_model(points, point_labels)
-        gen = self.model.generate(self._pixels[None], prompt, feats=self._feats, max_new_tokens=max_new_tokens,
-                                  boxes=model_boxes, points=model_points, rounds=rounds)
+        request = (prompt, str(boxes), str(points), str(point_labels), max_new_tokens, rounds)
+        if self._last is not None and self._last[0] == request:
+            gen = self._last[1]  # the same question about the same image (e.g. again with other mirrors)
+        else:
+            gen = self.model.generate(self._pixels[None], prompt, feats=self._feats, max_new_tokens=max_new_tokens,
+                                      boxes=model_boxes, points=model_points, rounds=rounds)
+            self._last = (request, gen)
         spacing = self._image.spacing
+        by_words = boxes is None and points is None
         targets = []
-        for t in gen.targets:
+        for k, t in enumerate(gen.targets):
             present = t.presence >= self.presence_threshold
-            mask = self.rules.apply(t.name, postprocess_mask(t.mask_logits, self._geom)) if present else None
+            mask = None
+            if present:
+                mirrors = (self.rules.flips_for(t.name) if flips is None else allowed(t.name, flips)) if by_words else ()
+                logits = source_logits(t.mask_logits, self._geom)  # (H, W)
+                for f in mirrors:
+                    logits = logits + self._mirror_logits(prompt, gen.answer, f, rounds)[k]
+                mask = self.rules.apply(t.name, (logits > 0).numpy())  # mean of 1 + n views > 0 iff sum > 0
             if mask is not None and not mask.any():
                 mask, present = None, False  # "present" with an empty mask is reported as not found
             area = int(mask.sum()) if mask is not None else None
@@ -171,6 +192,26 @@ class Predictor:
         targets = targets if boxes is not None and len(boxes) > 1 else first_of_each(targets)
         text, amended = agree_text(gen.text, targets)
         return Answer(text=text, targets=targets, amended=amended)
+
+    def _mirror_logits(self, prompt: str, answer: str, flip: str, rounds: int | None) -> torch.Tensor:
+        """(K, H, W) source-pixel mask logits of the K targets of `answer`, decoded (the same tokens,
+        teacher-forced) on the image mirrored by `flip` and mirrored back. Kept for the last answer
+        (asking again with other mirrors decodes only the new ones); mirrored features for the image."""
+        ids = self.model.processor.encode(prompt, answer)[0]
+        key = (tuple(ids), rounds, flip)
+        if key not in self._decoded:
+            if any(k[:2] != key[:2] for k in self._decoded):
+                self._decoded = {}  # another answer: memory stays bounded by one answer's mirrors
+            assert self._normalised is not None and self._geom is not None
+            with torch.inference_mode():
+                if flip not in self._mirrors:
+                    pix, geom = prepare_image(flip_image(self._normalised, flip), self.size)
+                    assert geom == self._geom  # a mirror keeps the size, so the geometry is the same
+                    self._mirrors[flip] = (pix, self.model.encode(pix[None]))
+                pix, feats = self._mirrors[flip]
+                out = self.model.decode_answer(pix[None], ids, feats=feats, rounds=rounds)
+            self._decoded[key] = unflip(source_logits(out.masks[:, 0], self._geom), flip)
+        return self._decoded[key]
 
     def _points_to_model(self, points: list[list[float]], labels: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         geom = self._geom

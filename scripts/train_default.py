@@ -169,68 +169,82 @@ VAL_SEED, VAL_PER_MODALITY = 14, 12  # validation phantoms: a seed no training o
 
 
 def validation_answers(folder: Path, per_modality: int = VAL_PER_MODALITY
-                       ) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[tuple[str, float]]]:
+                       ) -> tuple[list[tuple[str, dict[str, np.ndarray], np.ndarray]], list[tuple[str, float]]]:
     """Ask `per_modality` fresh phantoms of each modality (seed VAL_SEED) for every target by words alone.
-    Returns (target name, predicted mask, true mask) for every present target, masks as predicted (no
-    post-processing; a target the model calls absent gives an empty mask, Dice 0, so the pairs also rank
-    models), and (target name, presence probability) for every target drawn absent, so that a model
-    that finds more by calling more present is seen doing so. Kept in `runs/validation/` under the
-    weights' checksum: `validate` and `postprocess` of one model predict once."""
+    Returns (target name, {view: predicted mask}, true mask) for every present target, and (target name,
+    presence probability) for every target drawn absent, so that a model that finds more by calling
+    more present is seen doing so. Views are those of `rcmed.tta.VIEWS`: "" the image as given, "h",
+    "v", "hv" its logits averaged with those mirrors' (a mirror that would swap a side the name says
+    is left out, as in use: "h" of "left lung" is the image alone). Masks as predicted (no other post-processing; a target
+    the model calls absent gives empty masks, Dice 0, so the pairs also rank models). Kept in
+    `runs/validation/` under the weights' checksum: `validate` and `postprocess` of one model predict once."""
     from rcmed.data.synth import GENERATORS, synth
     from rcmed.postprocess import PostprocessRules
     from rcmed.predictor import Predictor
+    from rcmed.tta import VIEWS
 
     predictor = Predictor.from_pretrained(folder)
-    cache = RUNS / "validation" / f"{predictor.sha256[:16]}-s{VAL_SEED}-n{per_modality}-v2.npz"
+    cache = RUNS / "validation" / f"{predictor.sha256[:16]}-s{VAL_SEED}-n{per_modality}-v3.npz"
     if cache.is_file():
         with np.load(cache) as z:
             shape = tuple(int(v) for v in z["shape"])
-            pairs = [(str(n), np.unpackbits(p, count=int(np.prod(shape))).reshape(shape).astype(bool),
-                      np.unpackbits(t, count=int(np.prod(shape))).reshape(shape).astype(bool))
-                     for n, p, t in zip(z["names"], z["pred"], z["true"], strict=True)]
-            return pairs, [(str(n), float(v)) for n, v in zip(z["absent_names"], z["absent_presence"], strict=True)]
+
+            def unpack(bits: np.ndarray) -> np.ndarray:
+                return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+            views = [(str(n), {v: unpack(z[f"pred_{v or 'image'}"][i]) for v in VIEWS}, unpack(z["true"][i]))
+                     for i, n in enumerate(z["names"])]
+            return views, [(str(n), float(v)) for n, v in zip(z["absent_names"], z["absent_presence"], strict=True)]
     predictor.rules = PostprocessRules()
-    pairs, absent = [], []
+    views, absent = [], []
     for mod in sorted(GENERATORS):
         for i in range(per_modality):
             ph = synth(mod, VAL_SEED * 1_000_003 + i, size=256)
             predictor.set_image(ph.image)
             for name in [*ph.masks, *ph.absent]:
                 true = ph.masks.get(name)
-                got = predictor.predict(f"Segment the {name}.").targets
+                got = {v: predictor.predict(f"Segment the {name}.", flips=tuple(v)).targets for v in VIEWS}
                 if true is None or not true.any():
-                    absent.append((name, got[0].presence if got else 0.0))
+                    absent.append((name, got[""][0].presence if got[""] else 0.0))
                     continue
-                pred = got[0].mask if got and got[0].mask is not None else np.zeros_like(true)
-                pairs.append((name, pred, true))
+                views.append((name, {v: t[0].mask if t and t[0].mask is not None else np.zeros_like(true)
+                                     for v, t in got.items()}, true))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, names=np.array([n for n, _, _ in pairs]), shape=np.array(pairs[0][1].shape),
-                        pred=np.stack([np.packbits(p.ravel()) for _, p, _ in pairs]),
-                        true=np.stack([np.packbits(t.ravel()) for _, _, t in pairs]),
+    np.savez_compressed(tmp, names=np.array([n for n, _, _ in views]), shape=np.array(views[0][2].shape),
+                        true=np.stack([np.packbits(t.ravel()) for _, _, t in views]),
                         absent_names=np.array([n for n, _ in absent], dtype=str),
-                        absent_presence=np.array([v for _, v in absent], dtype=np.float32))
+                        absent_presence=np.array([v for _, v in absent], dtype=np.float32),
+                        **{f"pred_{v or 'image'}": np.stack([np.packbits(p[v].ravel()) for _, p, _ in views]) for v in VIEWS})
     tmp.replace(cache)
-    return pairs, absent
+    return views, absent
 
 
 def postprocess() -> None:
-    """Choose mask post-processing (largest component, no specks or as predicted, per target) on validation phantoms
-    never used in training or testing (`VAL_PER_MODALITY` per modality, seed `VAL_SEED`). Writes
-    `postprocess.json` into the shipped folder (before `eval`, which then uses it)."""
+    """Choose, per target, the mirrors to average (`rcmed.tta`) and then the mask post-processing (largest
+    component, no specks or as predicted) on validation phantoms never used in training or testing
+    (`VAL_PER_MODALITY` per modality, seed `VAL_SEED`). Writes `postprocess.json` into the shipped folder
+    (before `eval`, which then uses it)."""
     from rcmed.eval.metrics import dice
-    from rcmed.postprocess import choose_rules
+    from rcmed.postprocess import choose_rules, target_key
+    from rcmed.tta import choose_flips
 
     t0 = time.time()
-    pairs, _ = validation_answers(WEIGHTS)
+    views, _ = validation_answers(WEIGHTS)
+    flips, flip_evidence = choose_flips(views)
+    pairs = [(n, p["".join(flips.get(target_key(n), []))], t) for n, p, t in views]
     rules = choose_rules([(n, p, t) for n, p, t in pairs if p.any()])  # a missed target says nothing about the rule
+    rules.flips, rules.flip_evidence = flips, flip_evidence
     rules.save(WEIGHTS)
-    raw = float(np.mean([dice(p, t) for _, p, t in pairs]))
-    print(f"{len(pairs)} validation masks in {time.time() - t0:.0f} s, mean Dice {raw:.4f} as predicted; "
+    raw = float(np.mean([dice(p[""], t) for _, p, t in views]))
+    tta = float(np.mean([dice(p, t) for _, p, t in pairs]))
+    mirrors = ", ".join(f"{n} ({'+'.join(f)})" for n, f in flips.items()) or "none"
+    print(f"{len(pairs)} validation masks in {time.time() - t0:.0f} s, mean Dice {raw:.4f} as predicted, {tta:.4f} "
+          f"with the chosen mirrors; mirrors for: {mirrors}; "
           f"largest component kept for: {', '.join(rules.keep_largest) or 'none'}; "
           f"specks dropped for: {', '.join(rules.drop_specks) or 'none'}")
-    for name, ev in rules.evidence.items():
-        print(f"  {name:<16} {ev}")
+    for name, ev in flip_evidence.items():
+        print(f"  {name:<16} mirrors {ev}; found {rules.evidence.get(name, {})}")
 
 
 def validate(models: list[str] | None = None) -> None:
@@ -245,10 +259,10 @@ def validate(models: list[str] | None = None) -> None:
     false_calls: dict[str, dict[str, tuple[int, int]]] = {}
     for folder in models or [str(WEIGHTS)]:
         t0 = time.time()
-        pairs, absent = validation_answers(Path(folder))
+        views, absent = validation_answers(Path(folder))
         by_name: dict[str, list[float]] = defaultdict(list)
-        for name, p, t in pairs:
-            by_name[name].append(dice(p, t))
+        for name, p, t in views:
+            by_name[name].append(dice(p[""], t))
         table[folder] = {n: float(np.mean(v)) for n, v in sorted(by_name.items())}
         calls: dict[str, list[bool]] = defaultdict(list)
         for name, presence in absent:
@@ -256,7 +270,7 @@ def validate(models: list[str] | None = None) -> None:
         false_calls[folder] = {n: (sum(v), len(v)) for n, v in sorted(calls.items())}
         wrong = sum(k for k, _ in false_calls[folder].values())
         print(f"{folder}: mean over {len(by_name)} targets {np.mean(list(table[folder].values())):.4f} "
-              f"({len(pairs)} masks); {wrong} of {len(absent)} absent targets called present "
+              f"({len(views)} masks); {wrong} of {len(absent)} absent targets called present "
               f"({time.time() - t0:.0f} s)", flush=True)
     names = sorted({n for row in table.values() for n in row})
     label = [(Path(f).parent if Path(f).name == "model" else Path(f)).name for f in table]

@@ -60,12 +60,18 @@ def box_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float() / s
 
 
+def source_logits(logits: torch.Tensor, geom: ImageGeometry) -> torch.Tensor:
+    """(..., S, S) model-input logits -> (..., H, W) float logits in source pixels (padding cropped)."""
+    nh, nw = geom.resized_hw
+    lead = logits.shape[:-2]
+    crop = logits[..., :nh, :nw].float().reshape(-1, 1, nh, nw)
+    up = F.interpolate(crop, size=geom.source_hw, mode="bilinear", align_corners=False)
+    return up.reshape(*lead, *geom.source_hw)
+
+
 def postprocess_mask(logits: torch.Tensor, geom: ImageGeometry) -> np.ndarray:
     """(S, S) logits -> (H, W) bool in source pixels."""
-    nh, nw = geom.resized_hw
-    crop = logits[None, None, :nh, :nw].float()
-    up = F.interpolate(crop, size=geom.source_hw, mode="bilinear", align_corners=False)[0, 0]
-    return (up > 0).cpu().numpy()
+    return (source_logits(logits, geom) > 0).cpu().numpy()
 
 
 def box_to_source(box: torch.Tensor, geom: ImageGeometry) -> list[int]:

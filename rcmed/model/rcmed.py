@@ -278,16 +278,18 @@ class RCMedModel(nn.Module):
         return result
 
     @torch.inference_mode()
-    def decode_answer(self, pixel_values: torch.Tensor, input_ids: list[int]) -> DecoderOutput:
+    def decode_answer(self, pixel_values: torch.Tensor, input_ids: list[int], feats: VisionFeatures | None = None,
+                      rounds: int | None = None) -> DecoderOutput:
         """Decode a fixed (prompt + answer) token sequence on a batch of images (B, 3, S, S):
-        targets come out batch-major, K per image (last loop round)."""
+        targets come out batch-major, K per image (last loop round). `feats`: the images' encoder
+        features when already computed; `rounds` overrides the number of closed-loop rounds."""
         self.eval()
         b = pixel_values.shape[0]
-        feats = self.encode(pixel_values)
+        feats = feats if feats is not None else self.encode(pixel_values)
         visual = self.visual_tokens(feats)
         ids = torch.tensor([input_ids]).expand(b, -1)
         h = self.run_lm(self.embed(ids, visual), None).hidden_states[-1]
-        return self._rounds(feats, ids, None, visual, h, self.config.loop_rounds)[-1]
+        return self._rounds(feats, ids, None, visual, h, rounds or self.config.loop_rounds)[-1]
 
     # ------------------------------------------------------------------ weights
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
