@@ -176,7 +176,9 @@ class Predictor:
                 mirrors = (self.rules.flips_for(t.name) if flips is None else allowed(t.name, flips)) if by_words else ()
                 logits = source_logits(t.mask_logits, self._geom)  # (H, W)
                 for f in mirrors:
-                    logits = logits + self._mirror_logits(prompt, gen.answer, f, rounds)[k]
+                    mirrored = self._mirror_logits(prompt, gen.answer, f, rounds)
+                    if k < len(mirrored):  # (an answer cut at max_new_tokens right after a <seg> has one slot less)
+                        logits = logits + mirrored[k]
                 mask = self.rules.apply(t.name, (logits > 0).numpy())  # mean of 1 + n views > 0 iff sum > 0
             if mask is not None and not mask.any():
                 mask, present = None, False  # "present" with an empty mask is reported as not found
