@@ -30,6 +30,7 @@ from rcmed.io.readers import load
 from rcmed.io.slices import from_slices, to_slices
 from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image, source_logits
 from rcmed.model.rcmed import Generation, RCMedModel
+from rcmed.model.vision import VisionFeatures
 from rcmed.postprocess import PostprocessRules, target_key
 from rcmed.tta import allowed, flip_image, unflip
 
@@ -109,7 +110,7 @@ class Predictor:
         self._pixels: torch.Tensor | None = None
         self._feats = None
         self._normalised: np.ndarray | None = None  # the image as encoded, before resizing: (H, W) or (H, W, 3)
-        self._mirrors: dict[str, tuple[torch.Tensor, object]] = {}  # flip -> (pixels, features), made on demand
+        self._mirrors: dict[str, tuple[torch.Tensor, VisionFeatures]] = {}  # flip -> (pixels, features), made on demand
         self._decoded: dict[tuple, torch.Tensor] = {}  # (ids, rounds, flip) -> mirror logits of the last answer
         self._last: tuple[tuple, Generation] | None = None  # (request, generation): greedy decoding repeats itself
         self.folder: Path | None = None  # the model folder, when loaded from one
@@ -157,6 +158,10 @@ class Predictor:
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
+        try:
+            allowed("", flips or ())
+        except ValueError as err:
+            raise RCMedInputError("flips", str(err)) from None
         model_boxes = None if boxes is None else self._boxes_to_model(boxes)
         model_points = None if points is None else self._points_to_model(points, point_labels)
         request = (prompt, str(boxes), str(points), str(point_labels), max_new_tokens, rounds)

@@ -28,9 +28,8 @@ import torch
 
 from rcmed.eval.metrics import dice
 
-FLIPS = ("h", "v")  # left-right and top-bottom mirrors; a view is a combination of them ("", "h", "v", "hv")
 VIEWS = ("", "h", "v", "hv")  # in `choose_flips`: the image alone, plus h, plus v, plus both mirrors
-_AXIS = {"h": -1, "v": -2}  # the axis each mirror reverses, counted from the end ((..., H, W) or (H, W, C) below)
+_AXIS = {"h": -1, "v": -2}  # the axis of (..., H, W) logits each mirror reverses
 _SIDE = {"h": re.compile(r"\b(left|right)\b"),
          "v": re.compile(r"\b(upper|lower|superior|inferior|anterior|posterior|top|bottom)\b")}
 

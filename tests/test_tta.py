@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rcmed.data.synth import synth
+from rcmed.errors import RCMedInputError
 from rcmed.postprocess import FILE, PostprocessRules
 from rcmed.predictor import ModelNotAvailableError, Predictor
 from rcmed.tta import allowed, choose_flips, flip_image, unflip
@@ -133,6 +134,8 @@ def test_rules_choose_mirrors_per_target_and_words_only(tiny_trained, tmp_path, 
     predictor.set_image(ph.image)
     predictor.predict("Segment the liver.")
     assert calls == {"generate": 3, "decode": 4}  # a new image: generated and mirrored again
+    with pytest.raises(RCMedInputError, match="unknown flip"):
+        predictor.predict("Segment the liver.", flips=("diagonal",))
     (folder / FILE).write_text('{"flips": {"liver": ["d"]}}')
     with pytest.raises(ModelNotAvailableError, match="unknown flip"):
         Predictor.from_pretrained(folder)
