@@ -63,11 +63,13 @@ def choose_flips(cases: list[tuple[str, dict[str, np.ndarray], np.ndarray]], min
     where a view is one of `VIEWS` (the mask from logits averaged over the image and those mirrors),
     the mirrors for each name: the allowed view of highest mean Dice if it beats the image alone by
     `min_gain` over `min_cases` cases or more. Returns ({name: flips}, {name: evidence})."""
+    from rcmed.postprocess import target_key  # (postprocess imports this module for `allowed`)
+
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for name, views, true in cases:
         if "" not in views:
             raise ValueError(f"{name}: no prediction on the image as given")
-        key = " ".join(name.lower().split())
+        key = target_key(name)
         for view, pred in views.items():
             if view not in VIEWS:
                 raise ValueError(f"{name}: unknown view {view!r}; views are {VIEWS}")

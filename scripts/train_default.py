@@ -203,10 +203,11 @@ def validation_answers(folder: Path, per_modality: int = VAL_PER_MODALITY
             predictor.set_image(ph.image)
             for name in [*ph.masks, *ph.absent]:
                 true = ph.masks.get(name)
-                got = {v: predictor.predict(f"Segment the {name}.", flips=tuple(v)).targets for v in VIEWS}
-                if true is None or not true.any():
-                    absent.append((name, got[""][0].presence if got[""] else 0.0))
+                if true is None or not true.any():  # presence only: mirrors never change it
+                    got = predictor.predict(f"Segment the {name}.", flips=()).targets
+                    absent.append((name, got[0].presence if got else 0.0))
                     continue
+                got = {v: predictor.predict(f"Segment the {name}.", flips=tuple(v)).targets for v in VIEWS}
                 views.append((name, {v: t[0].mask if t and t[0].mask is not None else np.zeros_like(true)
                                      for v, t in got.items()}, true))
     cache.parent.mkdir(parents=True, exist_ok=True)
