@@ -10,6 +10,12 @@ Dice with and without each rule on (prediction, truth) pairs of cases the model 
 on, and the model folder carries the outcome in `postprocess.json`, read by
 `Predictor.from_pretrained`. The speck rule is ours, not nnU-Net's: on the default model's
 validation phantoms it helped kidneys and tumours, where keeping only the largest part cost Dice.
+
+The mask threshold is chosen the same way (`choose_thresholds`): a mask is the pixels whose mask
+logit (the mean over the averaged mirrors) exceeds the target's threshold, 0 (probability 0.5) unless
+another value on `THRESHOLDS` raised the target's mean validation Dice. A model that outlines a
+target into a bright neighbour with weak logits, or draws it too thin, is corrected per target,
+not for all. nnU-Net has no such step (its softmax argmax is its cut); MedSAM and SAM cut at 0.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from rcmed.tta import allowed
 
 FILE = "postprocess.json"
 SPECK_FRACTION = 0.1  # a component under this share of the largest component's size is a speck
+THRESHOLDS = tuple(np.arange(-3.0, 6.01, 0.5))  # candidate mask-logit cuts (sigmoid 0.05 .. 0.998)
 
 
 def target_key(name: str) -> str:
@@ -62,18 +69,26 @@ class PostprocessRules:
     mirrors whose logits are averaged with the image's (`rcmed.tta`; applied before the other rules).
     `evidence`: per name, the validation cases where the target was found and their mean Dice without
     and with each component rule (on the masks of the chosen mirrors); `flip_evidence`: per name, all
-    validation cases of the target (a miss counts 0) and their mean Dice per view. So every choice
-    can be audited."""
+    validation cases of the target (a miss counts 0) and their mean Dice per view. `thresholds`: per
+    name, the mask-logit cut when it is not 0 (applied after the mirrors, before the component
+    rules); `threshold_evidence`: per name, mean Dice at 0 and at the best cut. So every choice can
+    be audited."""
 
     keep_largest: list[str] = field(default_factory=list)
     drop_specks: list[str] = field(default_factory=list)
     flips: dict[str, list[str]] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
     evidence: dict[str, dict[str, float]] = field(default_factory=dict)
     flip_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    threshold_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def flips_for(self, name: str) -> tuple[str, ...]:
         """The mirrors to average for target `name` (never one that swaps a side the name says)."""
         return allowed(name, self.flips.get(target_key(name), ()))
+
+    def threshold_for(self, name: str) -> float:
+        """The mask-logit cut for target `name`: a pixel is in the mask when its logit is above it."""
+        return float(self.thresholds.get(target_key(name), 0.0))
 
     def apply(self, name: str, mask: np.ndarray) -> np.ndarray:
         key = target_key(name)
@@ -101,11 +116,16 @@ class PostprocessRules:
             flips = {target_key(str(n)): [str(f) for f in v] for n, v in dict(data.get("flips", {})).items()}
             for name, v in flips.items():
                 allowed(name, v)  # an unknown mirror is an error now, not at the first prediction
+            cuts = {target_key(str(n)): float(v) for n, v in dict(data.get("thresholds", {})).items()}
+            bad = [n for n, v in cuts.items() if not -30.0 <= v <= 30.0]  # (also NaN) a cut no logit map could mean
+            if bad:
+                raise ValueError(f"mask threshold of {bad[0]!r} is {cuts[bad[0]]}, not a logit in [-30, 30]")
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: unreadable post-processing rules ({err})") from None
         return cls(keep_largest=[str(n) for n in data.get("keep_largest", [])],
-                   drop_specks=[str(n) for n in data.get("drop_specks", [])], flips=flips,
-                   evidence=dict(data.get("evidence", {})), flip_evidence=dict(data.get("flip_evidence", {})))
+                   drop_specks=[str(n) for n in data.get("drop_specks", [])], flips=flips, thresholds=cuts,
+                   evidence=dict(data.get("evidence", {})), flip_evidence=dict(data.get("flip_evidence", {})),
+                   threshold_evidence=dict(data.get("threshold_evidence", {})))
 
 
 def choose_rules(pairs: list[tuple[str, np.ndarray, np.ndarray]], min_gain: float = 0.005,
@@ -130,3 +150,27 @@ def choose_rules(pairs: list[tuple[str, np.ndarray, np.ndarray]], min_gain: floa
             continue
         (rules.drop_specks if specks >= largest else rules.keep_largest).append(name)
     return rules
+
+
+def choose_thresholds(cases: list[tuple[str, np.ndarray, np.ndarray]], min_gain: float = 0.005, min_cases: int = 3,
+                      grid: tuple[float, ...] = THRESHOLDS) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """From validation (name, mask logits, true mask) triples of present targets (a target the model
+    missed: logits of -inf, empty at every cut), the mask-logit cut of each name: the value of `grid`
+    with the highest mean Dice, if it beats 0 by `min_gain` over `min_cases` cases or more; of equal
+    scores, the cut nearest 0. Returns ({name: cut} for names whose cut is not 0, {name: evidence})."""
+    by_name: dict[str, list[list[float]]] = defaultdict(list)
+    cuts = sorted({0.0, *(float(g) for g in grid)}, key=lambda c: (abs(c), c))  # nearest 0 first: max() keeps the first best
+    for name, logits, true in cases:
+        if logits.shape != true.shape:
+            raise ValueError(f"{name}: logits {logits.shape} and truth {true.shape} differ in shape")
+        by_name[target_key(name)].append([dice(logits > c, true) for c in cuts])
+    chosen: dict[str, float] = {}
+    evidence: dict[str, dict[str, float]] = {}
+    for name in sorted(by_name):
+        means = np.mean(by_name[name], axis=0)
+        best = max(range(len(cuts)), key=lambda i: means[i])
+        evidence[name] = {"cases": len(by_name[name]), "dice_at_0": round(float(means[0]), 4),
+                          "best_cut": cuts[best], "dice_at_best": round(float(means[best]), 4)}
+        if len(by_name[name]) >= min_cases and means[best] - means[0] >= min_gain:
+            chosen[name] = cuts[best]
+    return chosen, evidence

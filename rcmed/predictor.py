@@ -28,7 +28,7 @@ from rcmed.io.image import MedicalImage
 from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
 from rcmed.io.slices import from_slices, to_slices
-from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image, source_logits
+from rcmed.model.processing import ImageGeometry, prepare_image, source_logits
 from rcmed.model.rcmed import Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
 from rcmed.postprocess import PostprocessRules, target_key
@@ -58,6 +58,7 @@ class Target:
     area_px: int | None = None
     area_mm2: float | None = None
     volume_ml: float | None = None
+    logits: np.ndarray | None = None  # (H, W) float32 mask logits behind `mask` (mean over the averaged views), 2-D only
 
     def to_json(self, mask_file: str | None = None) -> dict[str, object]:
         d: dict[str, object] = {"name": self.name, "present": self.present, "score": round(self.score, 4),
@@ -154,7 +155,9 @@ class Predictor:
         of closed-loop rounds (1 = no loop; used for ablations). `flips`: the mirrors ("h", "v")
         whose mask logits are averaged with the image's for every target (`rcmed.tta`); None: each
         target's mirrors from the model folder's rules; () none. Mirrors apply to prompts by words
-        alone: with boxes or points the mask is the image's own. Presence is always the image's own."""
+        alone: with boxes or points the mask is the image's own. Presence is always the image's own.
+        A mask is the pixels whose mean logit is above the target's cut in the folder's rules
+        (`PostprocessRules.thresholds`, prompts by words alone; 0 otherwise), then the component rules."""
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
@@ -184,7 +187,9 @@ class Predictor:
                     mirrored = self._mirror_logits(prompt, gen.answer, f, rounds)
                     if k < len(mirrored):  # (an answer cut at max_new_tokens right after a <seg> has one slot less)
                         logits = logits + mirrored[k]
-                mask = self.rules.apply(t.name, (logits > 0).numpy())  # mean of 1 + n views > 0 iff sum > 0
+                logits = logits / (1 + len(mirrors))  # mean over the image and its mirrors
+                cut = self.rules.threshold_for(t.name) if by_words else 0.0
+                mask = self.rules.apply(t.name, (logits > cut).numpy())
             if mask is not None and not mask.any():
                 mask, present = None, False  # "present" with an empty mask is reported as not found
             area = int(mask.sum()) if mask is not None else None
@@ -194,7 +199,8 @@ class Predictor:
                 box=mask_box(mask) if mask is not None else None,
                 components=None if n_comp is None else int(n_comp),
                 instances=None if labels is None else labels.astype(np.int32), area_px=area,
-                area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None))
+                area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None,
+                logits=None if mask is None else logits.float().numpy()))
         # the same name twice is one structure, unless the caller gave one box per target
         targets = targets if boxes is not None and len(boxes) > 1 else first_of_each(targets)
         text, amended = agree_text(gen.text, targets)
@@ -278,7 +284,8 @@ class Predictor:
                     presence[t, i] = p
                     scores[t, i] = float(outs.iou[j * k + t, 0])
                     if p >= self.presence_threshold:
-                        masks[t, i] = postprocess_mask(outs.masks[j * k + t, 0], geom)
+                        cut = self.rules.threshold_for(names[t])
+                        masks[t, i] = (source_logits(outs.masks[j * k + t, 0], geom) > cut).numpy()
         voxel_ml = float(np.prod(vol.spacing)) / 1000.0 if vol.spacing else None
         targets = []
         for t, name in enumerate(names):

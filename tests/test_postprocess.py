@@ -6,8 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from rcmed.postprocess import FILE, PostprocessRules, choose_rules, drop_specks, keep_largest
+from rcmed.postprocess import FILE, PostprocessRules, choose_rules, choose_thresholds, drop_specks, keep_largest
 from rcmed.predictor import ModelNotAvailableError, Predictor
 
 
@@ -67,9 +68,37 @@ def test_model_folder_carries_the_rules(tiny_trained, tmp_path):
     assert Predictor.from_pretrained(folder).rules.keep_largest == ["liver"]
     PostprocessRules(drop_specks=["kidneys"]).save(folder)
     assert Predictor.from_pretrained(folder).rules.drop_specks == ["kidneys"]
+    PostprocessRules(thresholds={"polyp": 2.5}).save(folder)
+    rules = Predictor.from_pretrained(folder).rules
+    assert rules.threshold_for(" Polyp") == 2.5 and rules.threshold_for("liver") == 0.0
     (folder / FILE).write_text("{not json")
     with pytest.raises(ModelNotAvailableError, match="post-processing rules"):
         Predictor.from_pretrained(folder)
+    for bad in ('"NaN"', "100", '"high"'):
+        (folder / FILE).write_text('{"thresholds": {"polyp": %s}}' % bad)
+        with pytest.raises(ModelNotAvailableError, match="post-processing rules"):
+            Predictor.from_pretrained(folder)
+
+
+def test_thresholds_follow_validation_dice_per_target():
+    cases = []
+    for k in range(4):
+        true = _disc(30, 30 + k, 10)
+        spill = _disc(30, 45 + k, 8) & ~true  # a bright neighbour drawn with weak logits
+        cases.append(("Polyp", np.where(true, 9.0, np.where(spill, 2.0, -8.0)), true))
+        cases.append(("liver", np.where(true, 6.0, -6.0), true))  # clean: any cut in (-6, 6) is as good
+        thin = _disc(30, 30, 7 + k % 2)  # drawn too thin: its rim has logits just under 0
+        cases.append(("vessel", np.where(thin, 4.0, np.where(true, -1.2, -9.0)), true))
+    halo = np.where(_disc(20, 20, 2), 3.0, np.where(_disc(20, 20, 4), 1.0, -5.0))
+    cases.append(("nodule", halo, _disc(20, 20, 2)))  # one case only
+    cases.append(("polyp", np.full((64, 64), -np.inf), _disc(30, 30, 10)))  # missed: 0 at every cut
+    cuts, evidence = choose_thresholds(cases)
+    assert cuts == {"polyp": 2.0, "vessel": -1.5}  # the cut nearest 0 of those that score best
+    assert evidence["polyp"]["cases"] == 5 and evidence["polyp"]["dice_at_best"] == pytest.approx(0.8)
+    assert evidence["polyp"]["dice_at_0"] < 0.8 and evidence["liver"]["best_cut"] == 0.0
+    assert evidence["nodule"]["best_cut"] > 0 and "nodule" not in cuts  # measured, but one case is too few
+    with pytest.raises(ValueError, match="differ in shape"):
+        choose_thresholds([("x", np.zeros((4, 4)), np.zeros((5, 4), bool))])
 
 
 def test_predictor_applies_the_rule_to_its_masks(tiny_trained, monkeypatch):
@@ -94,3 +123,34 @@ def test_predictor_applies_the_rule_to_its_masks(tiny_trained, monkeypatch):
     kept = predictor.predict("Segment the liver.").targets[0]
     assert raw.components >= 2 and kept.components == 1
     assert kept.area_px < raw.area_px and kept.mask[0, -1] == 0 and raw.mask[0, -1]
+
+
+def test_predictor_cuts_masks_at_the_targets_threshold(tiny_trained, monkeypatch):
+    """A weak spill (logit 2) next to a strong target (logit 9): the folder's cut of 3 for that name
+    removes it from prompts by words; another name's cut, or a box prompt, leave the cut at 0."""
+    from rcmed.data.synth import synth
+
+    predictor = Predictor.from_pretrained(tiny_trained)
+    predictor.set_image(synth("ct", 3, size=96).image)
+    real = predictor.model.generate
+
+    def spill(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        for t in gen.targets:
+            logits = torch.full_like(t.mask_logits, -8.0)
+            logits[10:30, 10:30] = 9.0
+            logits[10:30, 30:50] = 2.0
+            t.mask_logits, t.presence = logits, 0.9
+        return gen
+
+    monkeypatch.setattr(predictor.model, "generate", spill)
+    raw = predictor.predict("Segment the liver.").targets[0]
+    predictor.rules = PostprocessRules(thresholds={"spleen": 3.0})
+    assert predictor.predict("Segment the liver.").targets[0].area_px == raw.area_px  # another name's cut
+    predictor.rules = PostprocessRules(thresholds={"liver": 3.0})
+    cut = predictor.predict("Segment the liver.").targets[0]
+    assert 0.4 < cut.area_px / raw.area_px < 0.6 and cut.box[2] < raw.box[2]  # (model 20 x 20 of 20 x 40, resized)
+    assert cut.logits is not None and cut.logits.shape == cut.mask.shape == (96, 96)
+    assert ((cut.logits > 3.0) == cut.mask).all() and cut.logits.max() == pytest.approx(9.0, abs=1e-3)
+    boxed = predictor.predict("Segment the liver.", boxes=[[0, 0, 95, 95]]).targets[0]
+    assert boxed.area_px == raw.area_px  # the cut was chosen for prompts by words alone

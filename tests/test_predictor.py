@@ -13,6 +13,7 @@ from rcmed.cli import app
 from rcmed.data.synth import synth
 from rcmed.errors import RCMedInputError
 from rcmed.io.writers import write_nifti
+from rcmed.postprocess import PostprocessRules
 from rcmed.predictor import ModelNotAvailableError, Predictor
 
 runner = CliRunner()
@@ -88,7 +89,7 @@ def test_answer_text_says_what_the_decision_says(predictor, monkeypatch):
     assert agreeing.amended == [] and "text_amended_for" not in predictor.answer_json(agreeing)
 
 
-def test_predict_volume_assembles_3d_masks_with_volume(predictor):
+def test_predict_volume_assembles_3d_masks_with_volume(predictor, monkeypatch):
     ph = synth("ct", 3, size=64, volume=True)
     ans = predictor.predict_volume(ph.image, "Segment the liver.", batch_slices=5)
     (liver,) = ans.targets
@@ -96,6 +97,9 @@ def test_predict_volume_assembles_3d_masks_with_volume(predictor):
     true_ml = ph.masks["liver"].sum() * 0.8 * 0.8 * 2.5 / 1000
     assert liver.volume_ml == pytest.approx(true_ml, rel=0.25)
     assert liver.components >= 1
+    monkeypatch.setattr(predictor, "rules", PostprocessRules(thresholds={"liver": 4.0}))  # a folder's higher cut
+    (cut,) = predictor.predict_volume(ph.image, "Segment the liver.", batch_slices=5).targets
+    assert 0 < cut.volume_ml < liver.volume_ml and not (cut.mask & ~liver.mask).any()
 
 
 def test_bad_prompts_and_boxes(predictor):
