@@ -182,12 +182,12 @@ class Predictor:
             mask = None
             if present:
                 mirrors = (self.rules.flips_for(t.name) if flips is None else allowed(t.name, flips)) if by_words else ()
-                logits = source_logits(t.mask_logits, self._geom)  # (H, W)
+                logits, views = source_logits(t.mask_logits, self._geom), 1  # (H, W)
                 for f in mirrors:
                     mirrored = self._mirror_logits(prompt, gen.answer, f, rounds)
                     if k < len(mirrored):  # (an answer cut at max_new_tokens right after a <seg> has one slot less)
-                        logits = logits + mirrored[k]
-                logits = logits / (1 + len(mirrors))  # mean over the image and its mirrors
+                        logits, views = logits + mirrored[k], views + 1
+                logits = logits / views  # the mean over the image and the mirrors that answered
                 cut = self.rules.threshold_for(t.name) if by_words else 0.0
                 mask = self.rules.apply(t.name, (logits > cut).numpy())
             if mask is not None and not mask.any():

@@ -139,3 +139,14 @@ def test_rules_choose_mirrors_per_target_and_words_only(tiny_trained, tmp_path, 
     (folder / FILE).write_text('{"flips": {"liver": ["d"]}}')
     with pytest.raises(ModelNotAvailableError, match="unknown flip"):
         Predictor.from_pretrained(folder)
+
+
+def test_a_mirror_without_the_target_leaves_its_logits_whole(predictor, monkeypatch):
+    """An answer cut short on a mirror has no slot for the target: the mean is over the views that
+    answered, so a folder's cut sees the image's own logits, not half of them."""
+    predictor.set_image(synth("ct", 3, size=96).image)
+    predictor.rules = PostprocessRules(thresholds={"liver": 3.0})
+    own = predictor.predict("Segment the liver.", flips=()).targets[0]
+    monkeypatch.setattr(predictor, "_mirror_logits", lambda *a: torch.zeros((0, 96, 96)))
+    mirrored = predictor.predict("Segment the liver.", flips=("h",)).targets[0]
+    assert own.present and (mirrored.logits == own.logits).all() and (mirrored.mask == own.mask).all()
