@@ -157,7 +157,9 @@ CPU out of the box and so that the training recipe is shown to work.
   kept and chose the post-processing; the test set decided nothing. Continued runs were ranked on
   those 12; the post-processing of the shipped weights was chosen on 60 endoscopy phantoms (39
   polyps; the 12 held only 9), which changed one choice: polyps average both mirrors, not only the
-  top-bottom one (validation 0.9876 vs 0.9870).
+  top-bottom one (validation 0.9876 vs 0.9870). Nuclei are asked there as the union of their
+  instances, as the evaluation asks them (24 cases, 0.987; no mirror, cut or component rule gained
+  0.005).
 - Held-out test set: 80 new phantoms (seed 12, 8 per modality) and the 4 test tiles; and 80 more
   endoscopy phantoms (seed 19, 59 with a polyp), since 8 polyps are too few to compare a one-target
   modality with the oracle.

@@ -198,7 +198,7 @@ def validation_answers(folder: Path, counts: dict[str, int] | None = None) -> tu
     views: Views = []
     absent: list[tuple[str, float]] = []
     for mod, n in counts.items():
-        cache = RUNS / "validation" / f"{predictor.sha256[:16]}-s{VAL_SEED}-{mod}-n{n}-v4.npz"
+        cache = RUNS / "validation" / f"{predictor.sha256[:16]}-s{VAL_SEED}-{mod}-n{n}-v5.npz"
         if not cache.is_file():
             _ask_validation(predictor, mod, n, cache)
         with np.load(cache) as z:
@@ -225,8 +225,11 @@ def _ask_validation(predictor, mod: str, n: int, cache: Path) -> None:
     for i in range(n):
         ph = synth(mod, VAL_SEED * 1_000_003 + i, size=256)
         predictor.set_image(ph.image)
-        for name in [*ph.masks, *ph.absent]:
-            true = ph.masks.get(name)
+        truths = dict(ph.masks)
+        if ph.instance_target and ph.instances is not None:  # nuclei: the union of the instances, as `rcmed eval` asks
+            truths[ph.instance_target] = ph.instances > 0
+        for name in [*truths, *ph.absent]:
+            true = truths.get(name)
             if true is None or not true.any():  # presence only: mirrors never change it
                 got = predictor.predict(f"Segment the {name}.", flips=()).targets
                 absent.append((name, got[0].presence if got else 0.0))
