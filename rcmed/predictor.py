@@ -28,7 +28,7 @@ from rcmed.io.image import MedicalImage
 from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
 from rcmed.io.slices import from_slices, to_slices
-from rcmed.model.processing import ImageGeometry, prepare_image, source_logits
+from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image, source_logits
 from rcmed.model.rcmed import Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
 from rcmed.postprocess import PostprocessRules, target_key
@@ -273,6 +273,7 @@ class Predictor:
         masks = np.zeros((len(names), *stack.slices.shape[:3]), bool)
         presence = np.zeros((len(names), n))
         scores = np.zeros((len(names), n))
+        cuts = [self.rules.threshold_for(name) for name in names]  # the folder's mask-logit cut per target
         for start in tqdm(range(0, n, batch_slices), desc="slices", disable=not progress, leave=False):
             idx = list(range(start, min(start + batch_slices, n)))
             batch = torch.stack([prepare_image(norm[i], self.size)[0] for i in idx])
@@ -284,8 +285,7 @@ class Predictor:
                     presence[t, i] = p
                     scores[t, i] = float(outs.iou[j * k + t, 0])
                     if p >= self.presence_threshold:
-                        cut = self.rules.threshold_for(names[t])
-                        masks[t, i] = (source_logits(outs.masks[j * k + t, 0], geom) > cut).numpy()
+                        masks[t, i] = postprocess_mask(outs.masks[j * k + t, 0], geom, cuts[t])
         voxel_ml = float(np.prod(vol.spacing)) / 1000.0 if vol.spacing else None
         targets = []
         for t, name in enumerate(names):

@@ -69,9 +69,9 @@ def source_logits(logits: torch.Tensor, geom: ImageGeometry) -> torch.Tensor:
     return up.reshape(*lead, *geom.source_hw)
 
 
-def postprocess_mask(logits: torch.Tensor, geom: ImageGeometry) -> np.ndarray:
-    """(S, S) logits -> (H, W) bool in source pixels."""
-    return (source_logits(logits, geom) > 0).cpu().numpy()
+def postprocess_mask(logits: torch.Tensor, geom: ImageGeometry, cut: float = 0.0) -> np.ndarray:
+    """(S, S) logits -> (H, W) bool in source pixels: the pixels whose logit is above `cut`."""
+    return (source_logits(logits, geom) > cut).cpu().numpy()
 
 
 def box_to_source(box: torch.Tensor, geom: ImageGeometry) -> list[int]:
