@@ -69,19 +69,22 @@ def info(
 @_friendly
 def data_convert(
     src: Path = typer.Argument(..., help="Dataset folder (or .npz file for --format segfm)."),
-    fmt: str = typer.Option(..., "--format", "-f", help="nnunet | biomedparse | instances | segfm"),
+    fmt: str = typer.Option(..., "--format", "-f", help="nnunet | biomedparse | instances | segfm | pairs"),
     out: Path = typer.Option(..., "--out", "-o", help="New store folder (must not exist or be empty)."),
     modality: Optional[str] = typer.Option(None, help="Modality when the dataset does not say it."),
     body_region: Optional[str] = typer.Option(None, help="Body region tag for every record."),
     target: Optional[str] = typer.Option(None, help="Object class name for instance folders (default: cells)."),
     keep_empty: Optional[float] = typer.Option(None, help="Fraction of empty volume slices kept as negatives (default 0.05)."),
+    cross_absent: Optional[int] = typer.Option(None, help="pairs: add up to N target names of other body regions "
+                                                          "as absent targets per image (default 0)."),
+    seed: Optional[int] = typer.Option(None, help="pairs: seed of the by-patient split where a dataset has none."),
     shard_samples: int = typer.Option(1000, help="Records per shard."),
 ) -> None:
     """Convert a dataset folder into a triplet store (manifest + WebDataset shards)."""
     from rcmed.data.convert import convert
 
     n = convert(src, fmt, out, progress=sys.stderr.isatty(), shard_samples=shard_samples, modality=modality,
-                body_region=body_region, target=target, keep_empty=keep_empty)
+                body_region=body_region, target=target, keep_empty=keep_empty, cross_absent=cross_absent, seed=seed)
     typer.echo(f"wrote {n} records to {out}")
 
 
@@ -309,16 +312,20 @@ def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Triplet store to evaluate on."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for cases.jsonl, tables (md/csv) and plots."),
     split: str = typer.Option("test", help="Split to evaluate (by case)."),
-    baseline: list[str] = typer.Option([], "--baseline", help="Baselines on the same cases: litemedsam-box, otsu-watershed, unet."),
+    baseline: list[str] = typer.Option([], "--baseline", help="Baselines on the same cases: litemedsam-box, litemedsam-cc-box, otsu-watershed, unet."),
     unet_budget_s: float = typer.Option(60.0, help="CPU seconds to train the U-Net baseline on the store's train split."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records (smoke runs)."),
+    per_dataset: Optional[int] = typer.Option(None, help="Evaluate at most N records of each dataset (fixed choice by record id)."),
+    unet_size: int = typer.Option(128, help="Input side of the U-Net baseline in pixels."),
+    mask_paths: bool = typer.Option(False, "--mask-paths", help="Also score the model's box-prompted mask paths (box, both)."),
     ablation: list[str] = typer.Option([], "--ablation", help="Ablations of the first model: no-loop."),
 ) -> None:
     """Evaluate models per task, modality and scale; baselines and ablations side by side."""
     from rcmed.eval.harness import evaluate
 
     report = evaluate(list(model), data, out, split=split, baselines=tuple(baseline), limit=limit,
-                      progress=sys.stderr.isatty(), ablations=tuple(ablation), unet_budget_s=unet_budget_s)
+                      progress=sys.stderr.isatty(), ablations=tuple(ablation), unet_budget_s=unet_budget_s,
+                      per_dataset=per_dataset, unet_size=unet_size, mask_paths=mask_paths)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"{report.rows} questions over {report.cases} cases; results in {out}")
 

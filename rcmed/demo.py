@@ -2,9 +2,11 @@
 
 For each case of `rcmed/samples/demo/demo.json` (a CT volume, 2-D MRI, X-ray, ultrasound,
 dermoscopy, endoscopy, fundus and pathology phantoms never used in training, and a held-out tile
-of the real DSB-2018 nuclei image) it asks the case's prompt, writes masks, overlay and
+of the real DSB-2018 nuclei image), and for real images that installed packages ship (scikit-image's
+fundus photograph, immunohistochemistry and cell images; pydicom's CT and MR test files) it asks the case's prompt, writes masks, overlay and
 `answer.json` into `OUT/<case>/` exactly as `rcmed segment` does, scores each named target
-against the true mask (Dice; presence for targets the image does not hold), and writes
+against the true mask where there is one (Dice; presence for targets the image does not hold; the package
+images have no expert mask and are shown, not scored), and writes
 `OUT/summary.json` and `OUT/summary.md`.
 """
 
@@ -35,7 +37,42 @@ class DemoRow:
     seconds: float
 
 
-def run_demo(out: str | Path, model: str | Path = "default", samples: Path = SAMPLES) -> list[DemoRow]:
+# Real images that ship inside installed packages (read from them at run time, never copied here), asked as a
+# user would; they carry no expert mask, so they are shown, not scored.
+PACKAGE_CASES = [
+    ("real_fundus_skimage", "skimage:retina", "fundus", "Segment the optic disc and the vessels."),
+    ("real_ihc_skimage", "skimage:immunohistochemistry", "pathology", "Segment the nuclei."),
+    ("real_cell_skimage", "skimage:cell", "microscopy", "Segment the nuclei."),
+    ("real_ct_pydicom", "pydicom:CT_small.dcm", "ct", "Segment the liver."),
+    ("real_mr_pydicom", "pydicom:MR_small.dcm", "mri", "Segment the brain."),
+]
+
+
+def package_image(source: str, folder: Path) -> Path | None:
+    """A file holding the packaged real image `source` ("skimage:NAME" or "pydicom:FILE"); None when the
+    package or the file is not installed (the case is then skipped, saying so)."""
+    kind, name = source.split(":", 1)
+    try:
+        if kind == "pydicom":
+            from pydicom.data import get_testdata_file
+
+            found = get_testdata_file(name, download=False)
+            return Path(found) if found else None
+        import skimage.data
+        from PIL import Image
+
+        arr = getattr(skimage.data, name)()
+        path = folder / f"{name}.png"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(arr)).save(path)
+        return path
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+
+
+def run_demo(out: str | Path, model: str | Path = "default", samples: Path = SAMPLES,
+             packages: list[tuple[str, str, str, str]] | None = None) -> list[DemoRow]:
+    """`packages`: the packaged real images to show (default `PACKAGE_CASES`; [] for none)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = json.loads((samples / "demo.json").read_text())
@@ -63,6 +100,16 @@ def run_demo(out: str | Path, model: str | Path = "default", samples: Path = SAM
                 row["volume_ml"] = round(t.volume_ml, 2)
             targets.append(row)
         rows.append(DemoRow(stem, c["modality"], c["prompt"], answer.text, targets, round(seconds, 2)))
+    for stem, source, modality, prompt in PACKAGE_CASES if packages is None else packages:
+        path = package_image(source, out / stem / "input")
+        if path is None:
+            rows.append(DemoRow(stem, modality, prompt, f"skipped: {source} is not installed", [], 0.0))
+            continue
+        t0 = time.perf_counter()
+        answer, _ = segment_file(predictor, path, prompt, out / stem, modality=modality)
+        targets = [{"name": t.name, "found": t.present, "presence": round(t.presence, 3), "truth": "unknown",
+                    **({"area_px": t.area_px} if t.area_px is not None else {})} for t in answer.targets]
+        rows.append(DemoRow(stem, modality, prompt, answer.text, targets, round(time.perf_counter() - t0, 2)))
     (out / "summary.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1) + "\n")
     (out / "summary.md").write_text(format_summary(rows, out) + "\n")
     return rows
@@ -74,7 +121,7 @@ def _target_cell(t: dict[str, object]) -> str:
     if t["truth"] == "absent":
         said = "not found" if not t["found"] else "FOUND"
         return f"{t['name']}: {said} (absent: {'correct' if t['correct'] else 'wrong'})"
-    return f"{t['name']}: {'found' if t['found'] else 'not found'}"
+    return f"{t['name']}: {'found' if t['found'] else 'not found'} (no expert mask)"
 
 
 def format_summary(rows: list[DemoRow], out: Path) -> str:

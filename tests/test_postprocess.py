@@ -154,3 +154,37 @@ def test_predictor_cuts_masks_at_the_targets_threshold(tiny_trained, monkeypatch
     assert ((cut.logits > 3.0) == cut.mask).all() and cut.logits.max() == pytest.approx(9.0, abs=1e-3)
     boxed = predictor.predict("Segment the liver.", boxes=[[0, 0, 95, 95]]).targets[0]
     assert boxed.area_px == raw.area_px  # the cut was chosen for prompts by words alone
+
+
+def test_mask_paths_follow_validation_dice_and_round_trip(tiny_trained, tmp_path):
+    from rcmed.postprocess import choose_mask_paths
+
+    cases = [("polyp", {"query": 0.667, "box": 1.0, "both": 0.667})] * 3 + [("liver", {"query": 1.0, "box": 0.667, "both": 1.0})] * 3
+    chosen, evidence = choose_mask_paths(cases)
+    assert chosen == {"polyp": "box"}  # liver: the query is as good as "both" -> stays on the query
+    assert evidence["polyp"]["cases"] == 3 and evidence["polyp"]["dice_box"] == 1.0
+    assert choose_mask_paths(cases[:2])[0] == {}  # 2 cases: too thin to move off the query
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_trained, folder)
+    PostprocessRules(mask_paths=chosen, mask_path_evidence=evidence).save(folder)
+    rules = Predictor.from_pretrained(folder).rules
+    assert rules.mask_path_for("Polyp") == "box" and rules.mask_path_for("liver") == "query"
+    (folder / FILE).write_text('{"mask_paths": {"polyp": "magic"}}')
+    with pytest.raises(ModelNotAvailableError, match="mask path"):
+        Predictor.from_pretrained(folder)
+
+
+def test_predictor_mask_path_both_decodes_with_the_predicted_box(tiny_trained):
+    from rcmed.data.synth import synth
+    from rcmed.errors import RCMedInputError
+
+    predictor = Predictor.from_pretrained(tiny_trained)
+    predictor.set_image(synth("ct", 3, size=96).image)
+    query = predictor.predict("Segment the liver.", flips=())
+    both = predictor.predict("Segment the liver.", mask_path="both")
+    assert [t.name for t in both.targets] == [t.name for t in query.targets]  # the same answer, decoded again
+    assert all(t.mask is None or t.mask.shape == (96, 96) for t in both.targets)
+    with pytest.raises(RCMedInputError, match="LiteMedSAM"):  # the tiny model's encoder is not LiteMedSAM's
+        predictor.predict("Segment the liver.", mask_path="box")
+    with pytest.raises(RCMedInputError, match="unknown mask path"):
+        predictor.predict("Segment the liver.", mask_path="sideways")

@@ -22,7 +22,7 @@ import numpy as np
 
 from rcmed.data.store import iter_records, read_sample
 from rcmed.errors import RCMedInputError
-from rcmed.eval.metrics import box_iou, counting_error, description_facts, dice, presence_metrics, text_metrics
+from rcmed.eval.metrics import aji, box_iou, counting_error, description_facts, dice, presence_metrics, text_metrics
 from rcmed.io.image import MedicalImage, affine_from_spacing, parse_modality
 from rcmed.io.normalize import normalize
 
@@ -92,6 +92,44 @@ class LiteMedSAMBox:
         return postprocess_mask(out.masks[0, 0], geom)
 
 
+class LiteMedSAMComponentBoxes:
+    """The fair oracle for scattered targets: LiteMedSAM given the true box of *each connected
+    component* (one box around a union of a hundred nuclei is no reference), masks united. One
+    encoder pass per image; boxes decoded 64 at a time."""
+
+    name = "litemedsam-cc-box"
+
+    def __init__(self) -> None:
+        from rcmed.model.medsam import LiteMedSAM
+
+        self.model = LiteMedSAM.from_pretrained()
+        self._cache: tuple[int, object] | None = None
+
+    def __call__(self, x: np.ndarray, true: np.ndarray) -> np.ndarray:
+        import torch
+        from scipy import ndimage as ndi
+
+        from rcmed.model.processing import postprocess_mask, prepare_image, prepare_mask
+
+        pix, geom = prepare_image(x, 256)
+        lab, n = ndi.label(prepare_mask(true, geom).numpy() > 0)
+        if n == 0:
+            return np.zeros(true.shape, bool)
+        key = hash(x.tobytes())
+        if self._cache is None or self._cache[0] != key:
+            with torch.inference_mode():
+                self._cache = (key, self.model.encode(pix[None]))
+        feats = self._cache[1]
+        boxes = torch.tensor([[sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1]
+                              for sl in ndi.find_objects(lab)], dtype=torch.float32)
+        best = None
+        with torch.inference_mode():
+            for i in range(0, len(boxes), 64):
+                logits = self.model.segment_boxes(feats, boxes[i:i + 64]).masks[:, 0].amax(dim=0)
+                best = logits if best is None else torch.maximum(best, logits)
+        return postprocess_mask(best, geom)
+
+
 class OtsuWatershed:
     """The classical baseline for cells and nuclei: Otsu threshold (foreground = the minority
     side, so dark H&E nuclei and bright fluorescent ones both work), distance transform, local
@@ -129,11 +167,15 @@ class UNetBaseline:
 
     name = "unet"
 
-    def __init__(self, store: str | Path, budget_s: float = 60.0, size: int = 128, seed: int = 0) -> None:
+    def __init__(self, store: str | Path, budget_s: float = 60.0, size: int = 128, seed: int = 0,
+                 weights: str | Path | None = None) -> None:
+        """`weights`: a file to load the trained net from when it exists (trained on the same store, size
+        and budget; its header says so), else where to save it after training."""
         import time
 
         import torch
         from monai.networks.nets import UNet
+        from safetensors.torch import load_file, save_file
 
         from rcmed.model.processing import prepare_image, prepare_mask
 
@@ -145,19 +187,41 @@ class UNetBaseline:
         torch.manual_seed(seed)
         self.net = UNet(spatial_dims=2, in_channels=3, out_channels=len(self.names), channels=(16, 32, 64, 128),
                         strides=(2, 2, 2), num_res_units=1)
-        xs, ys = [], []
+        self._cache: tuple[int, np.ndarray] | None = None
+        meta = {"names": json.dumps(self.names), "size": str(size), "budget_s": str(budget_s), "seed": str(seed),
+                "train_records": str(len(train))}
+        if weights is not None and Path(weights).is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as fh:
+                if fh.metadata() != {**meta, "steps": fh.metadata().get("steps", "")}:
+                    raise RCMedInputError(str(weights), "U-Net weights were trained on another store, size or budget")
+                self.steps = int(fh.metadata()["steps"])
+            self.net.load_state_dict(load_file(str(weights)))
+            self.net.eval()
+            return
+        xs, ys, ws = [], [], []
         for r in train:
             s = read_sample(store, r)
             img = MedicalImage(array=s.image, modality=parse_modality(r.modality), rgb=s.image.ndim == 3)
             x, geom = prepare_image(normalize(img), size)
             y = torch.zeros(len(self.names), size, size)
+            # the loss sees only the channels this record labels (present or known absent): a dataset that does not
+            # outline the heart says nothing about the heart in its images
+            w = torch.zeros(len(self.names))
+            for n in r.absent:
+                if n in self.names:
+                    w[self.names.index(n)] = 1.0
             for k, n in enumerate(r.targets):
                 y[self.names.index(n)] = prepare_mask(s.masks[k], geom)
+                w[self.names.index(n)] = 1.0
             if s.instances is not None and r.instance_target:
                 y[self.names.index(r.instance_target)] = prepare_mask(s.instances > 0, geom)
+                w[self.names.index(r.instance_target)] = 1.0
             xs.append(x)
             ys.append(y)
-        x_all, y_all = torch.stack(xs), torch.stack(ys)
+            ws.append(w)
+        x_all, y_all, w_all = torch.stack(xs), torch.stack(ys), torch.stack(ws)
         opt = torch.optim.Adam(self.net.parameters(), lr=2e-3)
         rng = np.random.default_rng(seed)
         start = time.perf_counter()
@@ -166,15 +230,20 @@ class UNetBaseline:
             idx = torch.as_tensor(rng.choice(len(x_all), size=min(8, len(x_all)), replace=False))
             logits = self.net(x_all[idx])
             p = torch.sigmoid(logits)
-            inter = (p * y_all[idx]).sum((2, 3))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_all[idx]) + \
-                (1 - (2 * inter + 1) / (p.sum((2, 3)) + y_all[idx].sum((2, 3)) + 1)).mean()
+            y, w = y_all[idx], w_all[idx]
+            inter = (p * y).sum((2, 3))
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean((2, 3))
+            soft_dice = 1 - (2 * inter + 1) / (p.sum((2, 3)) + y.sum((2, 3)) + 1)
+            loss = ((bce + soft_dice) * w).sum() / w.sum().clamp(min=1)
             opt.zero_grad()
             loss.backward()
             opt.step()
             self.steps += 1
         self.net.eval()
-        self._cache: tuple[int, np.ndarray] | None = None
+        if weights is not None:
+            Path(weights).parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(weights),
+                      metadata={**meta, "steps": str(self.steps)})
 
     def predict(self, x: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
         import torch
@@ -195,12 +264,18 @@ class UNetBaseline:
 
 def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str | Path, split: str | None = "test",
              baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True,
-             ablations: tuple[str, ...] = (), unet_budget_s: float = 60.0, describe: bool = True) -> EvalReport:
+             ablations: tuple[str, ...] = (), unet_budget_s: float = 60.0, describe: bool = True,
+             per_dataset: int | None = None, unet_size: int = 128, mask_paths: bool = False,
+             unet_weights: str | Path | None = None) -> EvalReport:
     """Evaluate one model folder, or several side by side (`--compare`), on `store`'s `split`;
     write cases.jsonl, tables and plots to `out`. The first model is "rcmed" in the tables, the
     others are named by their folder. Ablations: "no-loop" (the first model with one round).
     `describe`: also paint each record's first present target and ask the model what the coloured
-    region is; its answer is checked against the facts the description engine measures."""
+    region is; its answer is checked against the facts the description engine measures.
+    `mask_paths`: also score the first model's other two ways from words to a mask (`rcmed.postprocess.MASK_PATHS`:
+    "rcmed-box", its predicted box into LiteMedSAM's own decoder; "rcmed-both", box and text query into ours)
+    on the same answers. `per_dataset`: evaluate at most that many records of each dataset (record `source`), drawn by a
+    fixed hash of the record id (the same records on every run and machine)."""
     from tqdm import tqdm
 
     from rcmed.predictor import Predictor, mask_box
@@ -215,6 +290,8 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
             records.append(r)
             if len(records) >= limit:
                 break
+    if per_dataset is not None:
+        records = _per_dataset(records, per_dataset)
     if not records:
         raise RCMedInputError(str(store), f"no records in split {split!r}; split the store by case first (rcmed data split)")
     leaked = set().union(*(training_cases(m) for m in model_dirs)) & {r.case_id for r in records}
@@ -227,8 +304,8 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
         if a != "no-loop":
             raise RCMedInputError("--ablation", f"unknown ablation {a!r}; use no-loop (train without the alignment stage "
                                                 "and pass that model with --model to compare)")
-    base = {"litemedsam-box": LiteMedSAMBox, "otsu-watershed": OtsuWatershed,
-            "unet": lambda: UNetBaseline(store, budget_s=unet_budget_s)}
+    base = {"litemedsam-box": LiteMedSAMBox, "litemedsam-cc-box": LiteMedSAMComponentBoxes, "otsu-watershed": OtsuWatershed,
+            "unet": lambda: UNetBaseline(store, budget_s=unet_budget_s, size=unet_size, weights=unet_weights)}
     runners = {}
     for b in baselines:
         if b not in base:
@@ -240,6 +317,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     meta: dict[tuple[str, str], dict[str, object]] = {}
     presence_p: list[float] = []
     presence_y: list[int] = []
+    sources: dict[tuple[str, str], str] = {}  # (case, modality|target) -> dataset
     registry: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)  # (modality, region, target, task) -> scores
     described: dict[str, list[dict[str, object]]] = defaultdict(list)  # modality -> describe rows
     n_rows = 0
@@ -264,7 +342,8 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                 present = true is not None and bool(true.any())
                 presence_p.append(p)
                 presence_y.append(int(present))
-                row = {"record": rec.id, "case": rec.case_id, "modality": rec.modality, "body_region": rec.body_region,
+                row = {"record": rec.id, "case": rec.case_id, "source": rec.source, "modality": rec.modality,
+                       "body_region": rec.body_region,
                        "target": name, "task": "segment", "present": present, "presence": round(p, 4),
                        "answer": answer.text}
                 registry[(rec.modality, rec.body_region, name, "presence")].append(float((p >= 0.5) == present))
@@ -283,6 +362,9 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                         methods.append(("unet", unet.predict(x, name, true.shape)))
                     for label, other in others.items():
                         methods.append((label, _first_mask(other.predict(prompt), true.shape)))
+                    if mask_paths:
+                        for path in ("box", "both"):
+                            methods.append((f"rcmed-{path}", _first_mask(predictor.predict(prompt, mask_path=path), true.shape)))
                     if "no-loop" in ablations:
                         methods.append(("rcmed-no-loop", _first_mask(predictor.predict(prompt, rounds=1), true.shape)))
                     if is_inst:
@@ -291,7 +373,9 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                         from rcmed.eval.metrics import match_instances
 
                         pred_labels = ndi.label(pred)[0]
-                        row["ap50"] = round(match_instances(pred_labels, sample.instances, 0.5).ap, 4)
+                        matched = match_instances(pred_labels, sample.instances, 0.5)
+                        row["ap50"], row["f1_50"] = round(matched.ap, 4), round(matched.f1, 4)
+                        row["aji"] = round(aji(pred_labels, sample.instances), 4)
                         n_true = int(len(np.unique(sample.instances)) - (0 in sample.instances))
                         row["count"], row["count_true"] = int(pred_labels.max()), n_true
                         registry[(rec.modality, rec.body_region, name, "count")].append(
@@ -300,6 +384,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                             ow = runners["otsu-watershed"].labels(x)
                             row["ap50_otsu-watershed"] = round(match_instances(ow, sample.instances, 0.5).ap, 4)
                     for method, m in methods:
+                        sources[(rec.case_id, f"{rec.modality}|{name}")] = rec.source or rec.modality
                         acc = pooled[(method, rec.case_id, f"{rec.modality}|{name}")]
                         acc[0] += int((m & true).sum())
                         acc[1] += int(m.sum())
@@ -318,6 +403,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                     fh.write(json.dumps(row) + "\n")
                     n_rows += 1
     tables = _aggregate(pooled, meta, presence_p, presence_y)
+    tables["datasets"] = _dataset_table(pooled, sources, out / "cases.jsonl")
     tables["descriptions"] = _description_table(described)
     tables["registry"] = _registry_table(registry)
     _write_tables(out, tables)
@@ -393,6 +479,56 @@ def _registry_table(registry) -> list[dict[str, object]]:
     return rows
 
 
+def _per_dataset(records: list, n: int) -> list:
+    """At most `n` records of each dataset, chosen by a fixed hash of their id."""
+    import zlib
+
+    ranked = sorted(records, key=lambda r: zlib.crc32(r.id.encode()))
+    kept, seen = [], defaultdict(int)
+    for r in ranked:
+        if seen[r.source] < n:
+            seen[r.source] += 1
+            kept.append(r)
+    order = {r.id: i for i, r in enumerate(records)}
+    return sorted(kept, key=lambda r: order[r.id])
+
+
+def _dataset_table(pooled, sources: dict[tuple[str, str], str], cases_path: Path) -> list[dict[str, object]]:
+    """Per dataset and method: Dice over (case, target) pairs with a 95% bootstrap interval; for
+    the model also presence accuracy on present and on absent questions, and, where the dataset
+    has instance maps, instance F1 at IoU 0.5 and AJI averaged over images."""
+    dice_vals: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (method, case, task), (inter, p, t) in pooled.items():
+        dice_vals[(sources.get((case, task), "?"), method)].append(2 * inter / (p + t) if (p + t) else 1.0)
+    pres: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    inst: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    rec_source = {case_task[0]: src for case_task, src in sources.items()}
+    with open(cases_path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row.get("task") != "segment":
+                continue
+            src = row.get("source") or rec_source.get(row["case"], row["modality"])
+            pres[src].append((bool(row["present"]), row["presence"] >= 0.5))
+            if "aji" in row:
+                inst[src].append((row["f1_50"], row["aji"]))
+    out = []
+    for (src, method), vals in sorted(dice_vals.items()):
+        lo, hi = _bootstrap_ci(vals)
+        r: dict[str, object] = {"dataset": src, "method": method, "case_targets": len(vals),
+                                "dice": round(float(np.mean(vals)), 4), "dice_ci_low": round(lo, 4), "dice_ci_high": round(hi, 4)}
+        if method == "rcmed":
+            yes = [said for truth, said in pres[src] if truth]
+            no = [not said for truth, said in pres[src] if not truth]
+            r.update(present_questions=len(yes), present_accuracy=round(float(np.mean(yes)), 4) if yes else None,
+                     absent_questions=len(no), absent_accuracy=round(float(np.mean(no)), 4) if no else None)
+            if inst[src]:
+                r.update(instance_f1_50=round(float(np.mean([f for f, _ in inst[src]])), 4),
+                         aji=round(float(np.mean([a for _, a in inst[src]])), 4))
+        out.append(r)
+    return out
+
+
 def _method_name(folder: Path, i: int) -> str:
     name = folder.parent.name if folder.name == "model" else folder.name
     return f"{name}" if name != "rcmed" else f"model-{i}"
@@ -436,8 +572,16 @@ def _aggregate(pooled, meta, presence_p, presence_y) -> dict[str, list[dict[str,
     acc, auc = presence_metrics(presence_p, presence_y)
     return {"tasks": task_rows, "modalities": rows(mod_vals, "modality"), "scales": rows(scale_vals, "scale"),
             "presence": [{"questions": len(presence_y), "absent": int(len(presence_y) - sum(presence_y)),
-                          "accuracy": round(acc, 4), "auroc": round(auc, 4) if auc == auc else None}],
+                          "accuracy": round(acc, 4), "auroc": round(auc, 4) if auc == auc else None,
+                          "present_accuracy": _side_accuracy(presence_p, presence_y, 1),
+                          "absent_accuracy": _side_accuracy(presence_p, presence_y, 0)}],
             "reliability": _reliability(presence_p, presence_y)}
+
+
+def _side_accuracy(p: list[float], y: list[int], side: int) -> float | None:
+    """Accuracy on the questions whose truth is `side` (1: present, 0: absent); None when none."""
+    hits = [(pi >= 0.5) == bool(side) for pi, yi in zip(p, y, strict=True) if yi == side]
+    return round(float(np.mean(hits)), 4) if hits else None
 
 
 def _reliability(p: list[float], y: list[int], bins: int = 10) -> list[dict[str, object]]:
@@ -459,12 +603,13 @@ def _write_tables(out: Path, tables: dict[str, list[dict[str, object]]]) -> None
     for name, rows in tables.items():
         if not rows:
             continue
+        cols = list(dict.fromkeys(k for r in rows for k in r))  # rows may carry extra columns (the model's row)
         with open(out / f"{name}.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w = csv.DictWriter(fh, fieldnames=cols)
             w.writeheader()
             w.writerows(rows)
-        md += [f"## {name}", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-        md += ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows]
+        md += [f"## {name}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
         md.append("")
     tasks = {(r["modality"], r["target"]) for r in tables["tasks"]}
     mods = {r["modality"] for r in tables["tasks"]}

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rcmed.model.config import SPECIAL_TOKENS
+
 SEG, REGION, IMAGE = "<seg>", "<region>", "<image>"
 
 
@@ -99,6 +101,11 @@ class Processor:
         self.region_id = tokenizer.convert_tokens_to_ids(REGION)
 
     def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of the image slots and the user's prompt. A special token typed into a prompt
+        (`<image>`, `<seg>`, `<region>`, `<box>`) is escaped to plain text ("‹seg>"), never interpreted:
+        it would otherwise open an image slot or a fake target."""
+        for t in SPECIAL_TOKENS:
+            prompt = prompt.replace(t, "\u2039" + t[1:])
         text = f"User: {prompt.strip()}\nAssistant: "
         return [self.image_id] * self.n_visual + self.tok(text, add_special_tokens=False).input_ids
 

@@ -118,3 +118,43 @@ def test_unet_baseline_trains_on_the_train_split(tiny_trained, store, tmp_path):
     unet = {r["target"]: r["dice"] for r in rep.tables["tasks"] if r["method"] == "unet"}
     assert unet["body"] > 0.8  # the easiest target: a real, trained baseline
     assert set(unet) >= {"liver", "vertebra"}
+
+
+def test_per_dataset_table_with_component_box_oracle(tiny_trained, tmp_path):
+    """A pairs store of two datasets: one table row per dataset and method, presence split into present and
+    absent questions, nuclei scored by instance F1 and AJI, and the per-component-box oracle beside them."""
+    import numpy as np
+    from PIL import Image
+
+    from rcmed.data.convert import convert
+
+    rng = np.random.default_rng(0)
+    for mod, name, target in [("endoscopy", "polyps", "polyp"), ("microscopy", "cells", "nuclei")]:
+        ds = tmp_path / "src" / mod / name
+        (ds / "images").mkdir(parents=True)
+        lines = ["case,patient,split,image,targets"]
+        for i in range(2):
+            img = rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)
+            lab = np.zeros((64, 64), np.uint16)
+            lab[8:20, 8:20], lab[40:52, 30:44] = 1, 2
+            img[lab > 0] = 220
+            Image.fromarray(img if mod == "endoscopy" else img[..., 0]).save(ds / "images" / f"c{i}.png")
+            (ds / "masks" / f"c{i}").mkdir(parents=True)
+            Image.fromarray((lab > 0).astype(np.uint8) * 255).save(ds / "masks" / f"c{i}" / f"{target}.png")
+            if target == "nuclei":
+                Image.fromarray(lab).save(ds / "masks" / f"c{i}" / "nuclei.instances.png")
+            lines.append(f"c{i},c{i},test,images/c{i}.png,{target}")
+        (ds / "cases.csv").write_text("\n".join(lines) + "\n")
+    convert(tmp_path / "src", "pairs", tmp_path / "st", progress=False, cross_absent=1, body_region="tissue")
+    rep = evaluate(tiny_trained, tmp_path / "st", tmp_path / "ev", baselines=("litemedsam-cc-box",), progress=False,
+                   per_dataset=1, describe=False)
+    rows = {(r["dataset"], r["method"]): r for r in rep.tables["datasets"]}
+    assert set(rows) == {(d, m) for d in ("polyps", "cells") for m in ("rcmed", "litemedsam-cc-box")}
+    assert all(r["case_targets"] == 1 for r in rows.values())  # one record of each dataset
+    # the oracle sees each of the two bright squares' own box: near-perfect on this easy image
+    assert rows[("polyps", "litemedsam-cc-box")]["dice"] > 0.8
+    model = rows[("cells", "rcmed")]
+    assert model["present_questions"] == 1 and 0 <= model["aji"] <= 1 and 0 <= model["instance_f1_50"] <= 1
+    pres = rep.tables["presence"][0]
+    assert pres["present_accuracy"] is not None
+    assert (tmp_path / "ev" / "datasets.csv").is_file()

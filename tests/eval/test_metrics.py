@@ -105,3 +105,21 @@ def test_description_facts_checks_position_shape_and_whole_number_counts():
         "position": True, "shape": True, "count": True}
     got = description_facts("It covers 1042 µm² (1120 pixels) in the centre, round.", f)
     assert got == {"position": False, "shape": False, "count": False}  # "12" inside 1120 is not a count
+
+
+def test_aji_hand_computed():
+    from rcmed.eval.metrics import aji
+
+    t = np.zeros((10, 10), int)
+    t[0:4, 0:4] = 1  # 16 px
+    t[6:10, 6:10] = 2  # 16 px
+    assert aji(t, t) == 1.0
+    p = np.zeros((10, 10), int)
+    p[0:4, 0:2] = 1  # half of nucleus 1: I 8, U 16
+    p[0:2, 8:10] = 3  # a false nucleus of 4 px, never paired
+    # nucleus 2 missed: its best predicted partner (IoU 0) still pairs, adding its union 16 + that partner's area
+    # pairs: (1 -> 1): I 8, U 16; (2 -> 1 or 3, IoU 0): I 0, U 16 + 8 (pred 1) ... take argmax = first = pred 1
+    # => I = 8, U = 16 + 24 = 40, unused pred 3 adds 4 -> 8 / 44
+    assert abs(aji(p, t) - 8 / 44) < 1e-9
+    assert aji(np.zeros_like(t), t) == 0.0
+    assert aji(np.zeros_like(t), np.zeros_like(t)) == 1.0

@@ -122,3 +122,15 @@ def test_any_local_hugging_face_causal_lm_plugs_in(tmp_path):
     batch = build_batch(m.processor, _examples(1), 64)
     out = m(batch)
     assert torch.isfinite(out["loss"])
+
+
+def test_special_tokens_typed_into_a_prompt_are_text_not_slots():
+    """`<image>` in a prompt used to open an extra image slot (a crash), `<seg>` a fake target."""
+    m = _model().eval()
+    p = m.processor
+    ids = p.prompt_ids("Segment <image> the <seg> liver <region> <box>.")
+    assert ids.count(p.image_id) == p.n_visual and p.seg_id not in ids and p.region_id not in ids
+    assert "seg> liver" in m.tokenizer.decode(ids[p.n_visual:])
+    x, _ = prepare_image(normalize(synth("ct", 0, size=64).image), 64)
+    gen = m.generate(x[None], "Segment the <image> <seg> liver.", max_new_tokens=4)
+    assert isinstance(gen.text, str)

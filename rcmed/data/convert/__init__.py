@@ -12,6 +12,7 @@ from pathlib import Path
 from rcmed.data.convert.biomedparse import biomedparse_samples
 from rcmed.data.convert.instances import instance_samples
 from rcmed.data.convert.nnunet import nnunet_samples
+from rcmed.data.convert.pairs import pairs_samples
 from rcmed.data.convert.segfm import segfm_samples
 from rcmed.data.store import Sample, StoreWriter
 from rcmed.errors import EmptyInputError, RCMedInputError
@@ -21,6 +22,7 @@ CONVERTERS: dict[str, Callable[..., Iterator[tuple[Sample, str | None]]]] = {
     "biomedparse": biomedparse_samples,
     "instances": instance_samples,
     "segfm": segfm_samples,
+    "pairs": pairs_samples,
 }
 
 

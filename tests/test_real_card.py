@@ -1,0 +1,34 @@
+"""The real-image section of the model card and the README is generated from result files only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_card_and_readme_match_the_result_files():
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "real_card.py"), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_changed_result_changes_the_card(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import real_card
+    finally:
+        sys.path.pop(0)
+    rows = [{"dataset": "A", "method": "rcmed", "case_targets": "3", "dice": "0.5", "dice_ci_low": "0.4", "dice_ci_high": "0.6"},
+            {"dataset": "A", "method": "litemedsam-cc-box", "case_targets": "3", "dice": "0.9"},
+            {"dataset": "A", "method": "unet", "case_targets": "3", "dice": "0.7"}]
+    lines, stats = real_card.dataset_table(rows, {"BiomedParse": {"dice": {"A": 0.8}}})
+    assert stats["mean_dice"] == 0.5 and stats["below"] == ["A"] and stats["unet_wins"] == 0
+    assert abs(stats["ratios"]["A"] - 0.5 / 0.9) < 1e-9
+    assert "| A (3 case-targets) | 0.500 [0.40, 0.60] | 0.900 | 0.700 |" in lines[2]
+    card = tmp_path / "card.md"
+    card.write_text(f"head\n{real_card.BEGIN}\nold\n{real_card.END}\ntail\n")
+    assert not real_card.write_block(card, "new", check=True)
+    real_card.write_block(card, "new", check=False)
+    assert card.read_text() == f"head\n{real_card.BEGIN}\nnew\n{real_card.END}\ntail\n"
