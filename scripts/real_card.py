@@ -112,6 +112,20 @@ def val_table(rows: list[dict[str, str]]) -> list[str]:
     return lines
 
 
+def worst_lines() -> list[str]:
+    path = EVAL / "real_test_worst.json"
+    if not path.is_file():
+        return ["(not yet painted)"]
+    notes_path = EVAL / "real_test_worst_notes.json"  # what was seen on the overlays, in words
+    notes = json.loads(notes_path.read_text()) if notes_path.is_file() else {}
+    lines = ["| dataset | record | target | RCMed Dice | references on the same case | seen on the overlay |", "|---|---|---|---|---|---|"]
+    for w in json.loads(path.read_text()):
+        refs = ", ".join(f"{k} {v:.3f}" for k, v in w.items() if k not in ("dataset", "record", "target", "dice"))
+        lines.append(f"| {w['dataset']} | `{w['record']}` | {w['target']} | {w['dice']:.3f} | {refs or '–'} | "
+                     f"{notes.get(w['dataset'], '')} |")
+    return lines
+
+
 def write_block(path: Path, block: str, check: bool) -> bool:
     text = path.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
@@ -202,6 +216,11 @@ def build() -> tuple[str, str]:
         "**Validation comparison that chose what ships** (mean Dice per dataset; `rcmed` is the first model compared):",
         "",
         *val_table(_rows(EVAL / "real_val_datasets.csv")),
+        "",
+        "**Worst test case of each dataset** (`python scripts/train_default.py worst` paints each, the model's mask",
+        "beside the expert's, into `runs/real-test/worst/`; they are not in the repository, being cut from the images):",
+        "",
+        *worst_lines(),
         "",
         "**Every model scored on the real test splits:**",
         "",

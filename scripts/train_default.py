@@ -357,8 +357,8 @@ def evaluate_default() -> None:
 # ---------------------------------------------------------------- real images (shared/realdata)
 REALDATA = ROOT.parent / "shared" / "realdata"  # override with RCMED_REALDATA; never copied into the project
 REAL_RUNS = ("real1",)  # continued from the shipped phantom model on real train splits + phantoms
-REAL_VAL_PER_DATASET = 6  # validation records asked per dataset when models are compared (`realval`)
-REAL_TEST_PER_DATASET = 30  # test records per dataset in the one scoring of a shipped model (`realtest`)
+REAL_VAL_PER_DATASET = 5  # validation records asked per dataset when models are compared (`realval`)
+REAL_TEST_PER_DATASET = 12  # test records per dataset in the one scoring of a shipped model (`realtest`)
 UNET_BUDGET_S = 1800.0  # seconds (one thread) for the U-Net reference on the real train splits (`realunet`)
 UNET_SIZE = 128  # its input side in pixels (more steps in the budget than at 256)
 UNET_WEIGHTS = RUNS / "unet-real" / f"unet-{UNET_SIZE}.safetensors"
@@ -530,6 +530,9 @@ def worst_cases(run: Path = RUNS / "real-test", store: Path = DATA / "real-built
     records = {rec.id: rec for rec in iter_records(store)}
     predictor = Predictor.from_pretrained(WEIGHTS)
     (run / "worst").mkdir(exist_ok=True)
+    listed = [{"dataset": src, "record": r["record"], "target": r["target"], "dice": r["dice"],
+               **{k[5:]: v for k, v in r.items() if k.startswith("dice_")}} for src, r in sorted(worst.items())]
+    (WEIGHTS / "eval" / "real_test_worst.json").write_text(json.dumps(listed, indent=1) + "\n")
     for src, r in sorted(worst.items()):
         rec = records[r["record"]]
         s = read_sample(store, rec)
