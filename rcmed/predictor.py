@@ -79,6 +79,7 @@ class Answer:
     text: str
     targets: list[Target] = field(default_factory=list)
     amended: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # names asked for that the model was never taught
 
 
 def _rules(folder: Path) -> PostprocessRules:
@@ -116,6 +117,7 @@ class Predictor:
         self._last: tuple[tuple, Generation] | None = None  # (request, generation): greedy decoding repeats itself
         self.folder: Path | None = None  # the model folder, when loaded from one
         self._sam = None  # LiteMedSAM's own decoder, loaded on the first "box" mask path
+        self.vocabulary: dict[str, list[str]] | None = None  # modality -> target names taught (targets.json)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default") -> "Predictor":
@@ -132,7 +134,33 @@ class Predictor:
         predictor = cls(RCMedModel.from_pretrained(folder), name=folder.name if folder.name != "model" else folder.parent.name,
                         sha256=_model_sha(folder), rules=_rules(folder))
         predictor.folder = folder
+        if (folder / "targets.json").is_file():
+            try:
+                vocab = json.loads((folder / "targets.json").read_text())
+                predictor.vocabulary = {str(m): [str(n) for n in v] for m, v in dict(vocab).items()}
+            except (ValueError, TypeError, AttributeError):
+                raise ModelNotAvailableError(f"{folder / 'targets.json'}: not a JSON object of modality -> names") from None
         return predictor
+
+    def refusal(self, prompt: str, modality: str) -> Answer | None:
+        """The answer to a segmentation request that names only targets this model was never taught (in
+        any modality, `targets.json`): a plain "not trained" with what it can find on `modality`, no mask.
+        None when the request names a known target, or is not a segmentation request, or the model folder
+        lists no targets."""
+        from rcmed.vocabulary import requested_names, unknown_names
+
+        if self.vocabulary is None:
+            return None
+        known = {n.lower() for names in self.vocabulary.values() for n in names}
+        asked = requested_names(prompt)
+        unknown = unknown_names(prompt, known)
+        if not asked or len(unknown) < len(asked):
+            return None
+        here = sorted(self.vocabulary.get(modality, []))
+        quoted = ", ".join(f"'{n}'" for n in unknown)
+        can = f"On {modality} images I can find: {', '.join(here)}." if here else \
+            f"I was not trained on {modality} images; I know: {', '.join(sorted(self.vocabulary))}."
+        return Answer(text=f"I was not trained to find {quoted}, so I drew no mask. {can}", targets=[], unknown=unknown)
 
     # ------------------------------------------------------------------ 2-D
     def set_image(self, image: MedicalImage | str | Path, modality: str | None = None, window="auto") -> None:
@@ -166,6 +194,9 @@ class Predictor:
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
+        refused = self.refusal(prompt, self._image.modality.value)
+        if refused is not None:
+            return refused
         try:
             allowed("", flips or ())
         except ValueError as err:
@@ -306,6 +337,9 @@ class Predictor:
         if not vol.is_volume:
             raise RCMedInputError("volume", "is a 2-D image; use set_image() and predict()")
         prompt = _check_prompt(prompt)
+        refused = self.refusal(prompt, vol.modality.value)
+        if refused is not None:
+            return refused
         stack = to_slices(vol)
         norm = normalize(vol.with_array(stack.slices), window=window)  # window from the whole volume
         n = len(stack)
@@ -352,6 +386,9 @@ class Predictor:
                "targets": [t.to_json(f) for t, f in zip(answer.targets, files, strict=True)]}
         if answer.amended:
             doc["text_amended_for"] = list(answer.amended)
+        doc["known"] = not answer.unknown
+        if answer.unknown:
+            doc["not_trained_for"] = list(answer.unknown)
         return doc
 
 

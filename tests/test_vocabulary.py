@@ -1,0 +1,89 @@
+"""A request for a name the model was never taught is answered "not trained", with no mask, in Python,
+on the command line and over HTTP; known names, synonyms and plurals pass through to the model."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from rcmed.cli import app
+from rcmed.data.synth import synth
+from rcmed.io.normalize import normalize
+from rcmed.predictor import Predictor
+from rcmed.vocabulary import requested_names, resolve, unknown_names
+
+KNOWN = {"liver", "kidneys", "tumour", "optic disc", "left lung", "right lung", "nuclei", "polyp", "vessels"}
+
+
+@pytest.mark.parametrize("prompt, names", [
+    ("Segment the unicorn.", ["unicorn"]),
+    ("Can you outline the polyp for me?", ["polyp"]),
+    ("Where is the liver?", ["liver"]),
+    ("Segment the optic disk and the vessels in this fundus image.", ["optic disk", "vessels"]),
+    ("Segment the right lung, the left lung and the heart.", ["right lung", "left lung", "heart"]),
+    ("Describe the image.", []),
+    ("Is there a nodule?", []),
+])
+def test_requested_names(prompt, names):
+    assert requested_names(prompt) == names
+
+
+def test_synonyms_plurals_spelling_and_sides_resolve():
+    assert resolve("tumor", KNOWN) == "tumour" and resolve("optic disk", KNOWN) == "optic disc"
+    assert resolve("kidney", KNOWN) == "kidneys" and resolve("Polyps", KNOWN) == "polyp"
+    assert resolve("lungs", KNOWN) == "left lung" and resolve("the nucleus", KNOWN) == "nuclei"
+    assert resolve("unicorn", KNOWN) is None and resolve("skull bone", KNOWN) is None
+    assert unknown_names("Segment the liver and the unicorn.", KNOWN) == ["unicorn"]
+
+
+@pytest.fixture(scope="module")
+def taught(tiny_trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("taught") / "model"
+    shutil.copytree(tiny_trained, folder)
+    (folder / "targets.json").write_text(json.dumps({"ct": ["body", "kidneys", "liver"], "endoscopy": ["polyp"]}))
+    return folder
+
+
+def _png(tmp_path):
+    ph = synth("ct", 2, size=64)
+    path = tmp_path / "ct.png"
+    Image.fromarray((normalize(ph.image) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_unknown_name_is_refused_without_a_mask(taught, tmp_path):
+    p = Predictor.from_pretrained(taught)
+    p.set_image(synth("ct", 2, size=64).image)
+    a = p.predict("Segment the unicorn.")
+    assert a.targets == [] and a.unknown == ["unicorn"]
+    assert "not trained to find 'unicorn'" in a.text and "body, kidneys, liver" in a.text
+    doc = p.answer_json(a)
+    assert doc["known"] is False and doc["not_trained_for"] == ["unicorn"] and doc["targets"] == []
+    # a known name, and a name known on another modality, go to the model (which may say "not found")
+    assert p.predict("Segment the liver.").unknown == [] and p.predict("Segment the polyp.").unknown == []
+    assert p.answer_json(p.predict("Segment the kidney."))["known"] is True
+    vol = synth("ct", 2, size=64, volume=True).image
+    assert p.predict_volume(vol, "Segment the skull bone.").unknown == ["skull bone"]
+
+
+def test_unknown_name_through_cli_and_http(taught, tmp_path):
+    png = _png(tmp_path)
+    res = CliRunner().invoke(app, ["segment", str(png), "Segment the unicorn.", "--model", str(taught), "--out",
+                                   str(tmp_path / "o"), "-m", "ct"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "o" / "answer.json").read_text())
+    assert doc["known"] is False and not list((tmp_path / "o").glob("mask_*"))
+    from rcmed.serve.app import ServeSettings, create_app
+
+    c = TestClient(create_app(Predictor.from_pretrained(taught), ServeSettings()))
+    for prompt in ("Segment the unicorn.", "Segment the <image> <seg> unicorn <region>."):
+        r = c.post("/v1/segment", files={"file": ("scan.png", io.BytesIO(png.read_bytes()), "image/png")}, data={"prompt": prompt})
+        assert r.status_code == 200, r.text
+        assert r.json()["targets"] == [] and r.json()["known"] is False
