@@ -423,6 +423,11 @@ def export_real() -> None:
     (WEIGHTS / "training_cases.json").write_text(json.dumps(sorted(cases)) + "\n")
     (WEIGHTS / "eval").mkdir(exist_ok=True)
     shutil.copy2(RUNS / "real-val" / "datasets.csv", WEIGHTS / "eval" / "real_val_datasets.csv")  # what chose it
+    # The phantom-chosen mirrors, cuts and component rules were chosen for the previous weights: they go, and
+    # `maskpath` writes the choices made on real validation data for these weights.
+    from rcmed.postprocess import PostprocessRules
+
+    PostprocessRules().save(WEIGHTS)
     print(f"exported {run / 'model'} to {WEIGHTS}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -122,9 +121,28 @@ def test_pairs_bad_folders_are_clear_errors(tmp_path):
     assert not (tmp_path / "st1").exists() and not (tmp_path / "st2").exists()
 
 
-@pytest.mark.skipif(not REALDATA.is_dir() or os.environ.get("RCMED_REALDATA_TESTS") != "1",
-                    reason="shared/realdata absent, or RCMED_REALDATA_TESTS=1 not set (converting all of it takes minutes)")
+@pytest.mark.skipif(not (REALDATA / "README.md").is_file(), reason=f"no real data at {REALDATA} (it is never in the repository)")
 def test_pairs_reads_every_dataset_of_shared_realdata(tmp_path):
-    convert(REALDATA, "pairs", tmp_path / "st", progress=False)
-    sources = {r.source for r in iter_records(tmp_path / "st")}
-    assert len(sources) == 12
+    """About 30 s: every image and mask of the twelve datasets is read and checked."""
+    convert(REALDATA, "pairs", tmp_path / "st", progress=False, cross_absent=2)
+    recs = list(iter_records(tmp_path / "st"))
+    assert len({r.source for r in recs}) == 12
+    by_case: dict[str, set[str]] = {}
+    for r in recs:
+        by_case.setdefault(r.case_id, set()).add(r.split)
+    assert all(len(s) == 1 for s in by_case.values())  # a patient never straddles two splits
+    assert {r.split for r in recs} == {"train", "val", "test"}
+
+
+def test_pairs_through_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from rcmed.cli import app
+
+    _dataset(tmp_path / "src", "dermoscopy", "mine", [("c1", "p1", "", {"skin lesion": _box((40, 48), 3, 20, 3, 30)})], rgb=True)
+    res = CliRunner().invoke(app, ["data", "convert", str(tmp_path / "src"), "--format", "pairs", "--out", str(tmp_path / "st"),
+                                   "--cross-absent", "1", "--seed", "3"])
+    assert res.exit_code == 0 and "wrote 1 records" in res.output, res.output
+    res = CliRunner().invoke(app, ["data", "convert", str(tmp_path / "src"), "--format", "nnunet", "--out", str(tmp_path / "s2"),
+                                   "--cross-absent", "1"])
+    assert res.exit_code == 2 and "takes no option" in res.output
