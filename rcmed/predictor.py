@@ -309,6 +309,8 @@ class Predictor:
         assert geom is not None
         p = torch.as_tensor(np.asarray(points, dtype=np.float32)).reshape(1, -1, 2)
         h, w = geom.source_hw
+        if not torch.isfinite(p).all():
+            raise RCMedInputError("points", f"points {p[0].tolist()} have a value that is not a finite number")
         if (p < 0).any() or (p[..., 0] >= w).any() or (p[..., 1] >= h).any():
             raise RCMedInputError("points", f"points {p[0].tolist()} fall outside the {w}x{h} image; use x y pixels")
         lab = torch.ones(p.shape[:2]) if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32)).reshape(1, -1)
@@ -321,6 +323,8 @@ class Predictor:
         assert geom is not None
         b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
         h, w = geom.source_hw
+        if not torch.isfinite(b).all():
+            raise RCMedInputError("--box", f"box {b.tolist()} has a value that is not a finite number")
         if (b < 0).any() or (b[:, 2] >= w).any() or (b[:, 3] >= h).any() or (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
             raise RCMedInputError("--box", f"box {b.tolist()} is outside the {w}x{h} image or inverted; use x0 y0 x1 y1 pixels")
         scale = geom.resized_hw[0] / h

@@ -110,6 +110,10 @@ def test_bad_prompts_and_boxes(predictor):
         predictor.predict("liver " * 20000)
     with pytest.raises(RCMedInputError, match="outside the 64x64 image"):
         predictor.predict("Segment the liver.", boxes=[[10, 10, 500, 20]])
+    with pytest.raises(RCMedInputError, match="not a finite number"):
+        predictor.predict("Segment the liver.", boxes=[[float("nan"), 10, 20, 20]])
+    with pytest.raises(RCMedInputError, match="not a finite number"):
+        predictor.predict("Segment the liver.", points=[[float("inf"), 3]])
 
 
 def test_missing_models_are_clear():
