@@ -104,8 +104,9 @@ class InstanceMatch:
     mean_matched_iou: float
 
 
-def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, threshold: float = 0.5) -> InstanceMatch:
-    """Match two label maps (0 background) one to one by IoU >= threshold."""
+def _overlaps(pred_labels: np.ndarray, true_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixels shared by predicted i and true j (P, T), predicted areas (P,), true areas (T,)) of two label
+    maps, background 0 left out."""
     p = np.asarray(pred_labels).astype(np.int64)
     t = np.asarray(true_labels).astype(np.int64)
     if p.shape != t.shape:
@@ -114,13 +115,16 @@ def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, threshold:
     t_ids, t_inv = np.unique(t, return_inverse=True)
     overlap = np.zeros((p_ids.size, t_ids.size), np.int64)
     np.add.at(overlap, (p_inv.ravel(), t_inv.ravel()), 1)
-    pi = p_ids != 0
-    ti = t_ids != 0
-    p_area = overlap.sum(axis=1)[pi]
-    t_area = overlap.sum(axis=0)[ti]
-    inter = overlap[np.ix_(pi, ti)].astype(np.float64)
+    pi, ti = p_ids != 0, t_ids != 0
+    return overlap[np.ix_(pi, ti)], overlap.sum(axis=1)[pi], overlap.sum(axis=0)[ti]
+
+
+def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, threshold: float = 0.5) -> InstanceMatch:
+    """Match two label maps (0 background) one to one by IoU >= threshold."""
+    inter, p_area, t_area = _overlaps(pred_labels, true_labels)
+    inter = inter.astype(np.float64)
     ious = inter / (p_area[:, None] + t_area[None, :] - inter) if inter.size else inter
-    n_pred, n_true = int(pi.sum()), int(ti.sum())
+    n_pred, n_true = p_area.size, t_area.size
     tp = 0
     matched = []
     if ious.size:
@@ -143,21 +147,10 @@ def aji(pred_labels: np.ndarray, true_labels: np.ndarray) -> float:
     Each true nucleus is paired with the predicted one of largest IoU; AJI = sum of their
     intersections / (sum of their unions + areas of predicted nuclei never paired). Written here
     because neither MONAI nor scikit-image has it; it follows the reference definition."""
-    p = np.asarray(pred_labels).astype(np.int64)
-    t = np.asarray(true_labels).astype(np.int64)
-    if p.shape != t.shape:
-        raise ShapeMismatchError("prediction", f"label map shape {p.shape} != reference shape {t.shape}")
-    p_ids, p_inv = np.unique(p, return_inverse=True)
-    t_ids, t_inv = np.unique(t, return_inverse=True)
-    overlap = np.zeros((p_ids.size, t_ids.size), np.int64)
-    np.add.at(overlap, (p_inv.ravel(), t_inv.ravel()), 1)
-    pi, ti = p_ids != 0, t_ids != 0
-    if not ti.any():
-        return 1.0 if not pi.any() else 0.0
-    p_area = overlap.sum(axis=1)[pi]
-    t_area = overlap.sum(axis=0)[ti]
-    inter = overlap[np.ix_(pi, ti)]
-    if not pi.any():
+    inter, p_area, t_area = _overlaps(pred_labels, true_labels)
+    if not t_area.size:
+        return 1.0 if not p_area.size else 0.0
+    if not p_area.size:
         return 0.0
     union = p_area[:, None] + t_area[None, :] - inter
     best = np.argmax(inter / np.maximum(union, 1), axis=0)  # per true nucleus, its best predicted one
