@@ -88,6 +88,13 @@ class PostprocessRules:
     threshold_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
     mask_paths: dict[str, str] = field(default_factory=dict)
     mask_path_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    presence_cuts: dict[str, float] = field(default_factory=dict)
+    presence_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def presence_for(self, name: str, default: float = 0.5) -> float:
+        """The presence probability at or above which target `name` is called present (`default` unless
+        validation chose another cut for it)."""
+        return float(self.presence_cuts.get(target_key(name), default))
 
     def mask_path_for(self, name: str) -> str:
         """How target `name`'s mask is drawn from words (`MASK_PATHS`); "query" unless validation chose another."""
@@ -131,6 +138,10 @@ class PostprocessRules:
             bad = [n for n, v in cuts.items() if not -30.0 <= v <= 30.0]  # (also NaN) a cut no logit map could mean
             if bad:
                 raise ValueError(f"mask threshold of {bad[0]!r} is {cuts[bad[0]]}, not a logit in [-30, 30]")
+            pcuts = {target_key(str(n)): float(v) for n, v in dict(data.get("presence_cuts", {})).items()}
+            off = [n for n, v in pcuts.items() if not 0.0 < v < 1.0]
+            if off:
+                raise ValueError(f"presence cut of {off[0]!r} is {pcuts[off[0]]}, not a probability in (0, 1)")
             paths = {target_key(str(n)): str(v) for n, v in dict(data.get("mask_paths", {})).items()}
             odd = [n for n, v in paths.items() if v not in MASK_PATHS]
             if odd:
@@ -141,7 +152,8 @@ class PostprocessRules:
                    drop_specks=[str(n) for n in data.get("drop_specks", [])], flips=flips, thresholds=cuts,
                    evidence=dict(data.get("evidence", {})), flip_evidence=dict(data.get("flip_evidence", {})),
                    threshold_evidence=dict(data.get("threshold_evidence", {})), mask_paths=paths,
-                   mask_path_evidence=dict(data.get("mask_path_evidence", {})))
+                   mask_path_evidence=dict(data.get("mask_path_evidence", {})), presence_cuts=pcuts,
+                   presence_evidence=dict(data.get("presence_evidence", {})))
 
 
 def choose_rules(pairs: list[tuple[str, np.ndarray, np.ndarray]], min_gain: float = 0.005,
@@ -212,4 +224,42 @@ def choose_mask_paths(cases: list[tuple[str, dict[str, float]]], min_gain: float
         best = max(means, key=lambda p: (means[p], p == "query"))
         if best != "query" and n >= min_cases and means[best] - means.get("query", 0.0) >= min_gain:
             chosen[name] = best
+    return chosen, evidence
+
+
+PRESENCE_CUTS = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+
+
+def _balanced(pos: list[float], neg: list[float], cut: float) -> float:
+    """Mean of the accuracies on present (p >= cut) and absent (p < cut) questions."""
+    a = np.mean([p >= cut for p in pos]) if pos else 1.0
+    b = np.mean([p < cut for p in neg]) if neg else 1.0
+    return float(a + b) / 2
+
+
+def choose_presence_cuts(questions: list[tuple[str, float, bool]], min_gain: float = 0.05, min_each: int = 3,
+                         grid: tuple[float, ...] = PRESENCE_CUTS) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """From validation (name, presence probability, truly present) questions, the presence cut of each name:
+    the value of `grid` with the best balanced accuracy (mean of the accuracies on present and on absent
+    questions), if it beats 0.5 by `min_gain`, with at least `min_each` questions of each kind; of equal
+    scores 0.5 if it is among them, else the middle one by value (the widest margin). A presence head that ranks a target's images right but is miscalibrated on
+    a new kind of image (trained on phantoms, asked on real scans) is corrected per target, on evidence."""
+    by_name: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    for name, p, truth in questions:
+        by_name[target_key(name)].append((float(p), bool(truth)))
+    cuts = sorted({0.5, *grid}, key=lambda c: (abs(np.log(c / 0.5)), -c))  # nearest 0.5 first
+    chosen: dict[str, float] = {}
+    evidence: dict[str, dict[str, float]] = {}
+    for name, qs in sorted(by_name.items()):
+        pos = [p for p, t in qs if t]
+        neg = [p for p, t in qs if not t]
+
+        scores = [_balanced(pos, neg, c) for c in cuts]
+        top = sorted(i for i, v in enumerate(scores) if v == max(scores))
+        # of the cuts tied at the best score, the middle one (by value): the widest margin on both sides
+        best = top[0] if 0 in top else sorted(top, key=lambda i: cuts[i])[len(top) // 2]
+        evidence[name] = {"present_questions": len(pos), "absent_questions": len(neg), "balanced_at_0.5": round(scores[0], 4),
+                          "best_cut": cuts[best], "balanced_at_best": round(scores[best], 4)}
+        if len(pos) >= min_each and len(neg) >= min_each and scores[best] - scores[0] >= min_gain:
+            chosen[name] = cuts[best]
     return chosen, evidence

@@ -221,7 +221,7 @@ class Predictor:
         boxed = self._box_prompted(prompt, gen, paths, rounds)
         targets = []
         for k, t in enumerate(gen.targets):
-            present = t.presence >= self.presence_threshold
+            present = t.presence >= self.rules.presence_for(t.name, self.presence_threshold)
             mask = None
             if present and paths[k] != "query":
                 logits = source_logits(boxed[k], self._geom)
@@ -359,6 +359,7 @@ class Predictor:
         presence = np.zeros((len(names), n))
         scores = np.zeros((len(names), n))
         cuts = [self.rules.threshold_for(name) for name in names]  # the folder's mask-logit cut per target
+        pcuts = [self.rules.presence_for(name, self.presence_threshold) for name in names]
         for start in tqdm(range(0, n, batch_slices), desc="slices", disable=not progress, leave=False):
             idx = list(range(start, min(start + batch_slices, n)))
             batch = torch.stack([prepare_image(norm[i], self.size)[0] for i in idx])
@@ -369,7 +370,7 @@ class Predictor:
                     p = float(torch.sigmoid(outs.presence[j * k + t]))
                     presence[t, i] = p
                     scores[t, i] = float(outs.iou[j * k + t, 0])
-                    if p >= self.presence_threshold:
+                    if p >= pcuts[t]:
                         masks[t, i] = postprocess_mask(outs.masks[j * k + t, 0], geom, cuts[t])
         voxel_ml = float(np.prod(vol.spacing)) / 1000.0 if vol.spacing else None
         targets = []
@@ -377,7 +378,7 @@ class Predictor:
             m3 = self.rules.apply(name, from_slices(masks[t], stack))
             present = bool(m3.any())
             targets.append(Target(
-                name=name, present=present, score=float(scores[t][presence[t] >= self.presence_threshold].mean()) if present else 0.0,
+                name=name, present=present, score=float(scores[t][presence[t] >= pcuts[t]].mean()) if present else 0.0,
                 presence=float(presence[t].max()), mask=m3 if present else None,
                 components=int(ndi.label(m3)[1]) if present else None, area_px=int(m3.sum()) if present else None,
                 volume_ml=float(m3.sum()) * voxel_ml if (present and voxel_ml is not None) else None))

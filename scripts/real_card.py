@@ -173,11 +173,16 @@ def build() -> tuple[str, str]:
     ]
     paths = rules.get("mask_paths", {})
     ev = rules.get("mask_path_evidence", {})
-    path_lines = ["| target | validation cases | query (text into our decoder) | box (our box into LiteMedSAM's decoder) | both | chosen |",
-                  "|---|---|---|---|---|---|"]
-    for name, e in sorted(ev.items()):
+    pcuts, pev = rules.get("presence_cuts", {}), rules.get("presence_evidence", {})
+    path_lines = ["| target | validation cases | query (text into our decoder) | box (our box into LiteMedSAM's decoder) | both | "
+                  "mask path | present / absent questions | balanced presence acc. at 0.5 | presence cut (acc.) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(set(ev) | set(pev)):
+        e, p = ev.get(name, {}), pev.get(name, {})
+        cut = f"{pcuts[name]} ({_fmt(p.get('balanced_at_best'), 2)})" if name in pcuts else "0.5"
         path_lines.append(f"| {name} | {e.get('cases', '–')} | {_fmt(e.get('dice_query'))} | {_fmt(e.get('dice_box'))} | "
-                          f"{_fmt(e.get('dice_both'))} | {paths.get(name, 'query')} |")
+                          f"{_fmt(e.get('dice_both'))} | {paths.get(name, 'query')} | {p.get('present_questions', '–')} / "
+                          f"{p.get('absent_questions', '–')} | {_fmt(p.get('balanced_at_0.5'), 2)} | {cut} |")
     card = [
         "## Real images",
         "",
@@ -208,14 +213,19 @@ def build() -> tuple[str, str]:
         "|---|---|---|",
         *[f"| {g} | {r} | {_met(ok)} |" for g, r, ok in goals],
         "",
-        "**Mask path per target, chosen on validation** (Dice on the validation records; a path other than the query is",
-        "kept only where it beat the query by 0.01 over at least 3 cases):",
+        "**Mask path and presence cut per target, chosen on validation** (Dice on the validation records; a path other",
+        "than the query is kept only where it beat the query by 0.01 over at least 3 cases; a presence cut other than 0.5",
+        "only where it raised the balanced accuracy of present and absent questions by 0.05, with 3 of each):",
         "",
         *path_lines,
         "",
         "**Validation comparison that chose what ships** (mean Dice per dataset; `rcmed` is the first model compared):",
         "",
         *val_table(_rows(EVAL / "real_val_datasets.csv")),
+        "",
+        "The same validation records asked again of the shipped model with the rules chosen above:",
+        "",
+        *val_table(_rows(EVAL / "real_val_rules_datasets.csv")),
         "",
         "**Worst test case of each dataset** (`python scripts/train_default.py worst` paints each, the model's mask",
         "beside the expert's, into `runs/real-test/worst/`; they are not in the repository, being cut from the images):",

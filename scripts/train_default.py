@@ -29,8 +29,10 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
     python scripts/train_default.py real1        # continue the phantom weights on real train splits + phantoms
     python scripts/train_default.py realunet     # the U-Net reference on the same train splits (one thread)
     python scripts/train_default.py realval --models A B   # compare models on the validation splits
+    python scripts/train_default.py maskpath     # presence cut and mask path per target from realval's answers
+                                                 # -> runs/default-real1/model/postprocess.json (shipped by export_real)
+    python scripts/train_default.py realval --models runs/default-real1/model --tag rules  # the same records, rules on
     python scripts/train_default.py export_real  # runs/default-real1/model -> rcmed/weights/default/
-    python scripts/train_default.py maskpath     # mask path per target from realval's answers -> postprocess.json
     python scripts/train_default.py realtest     # the one scoring of the shipped model on the test splits
     python scripts/train_default.py phantomcheck # phantom quality of the shipped model, fresh seed, once
     python scripts/train_default.py worst        # worst test case per dataset, painted (not committed)
@@ -358,7 +360,7 @@ def evaluate_default() -> None:
 REALDATA = ROOT.parent / "shared" / "realdata"  # override with RCMED_REALDATA; never copied into the project
 REAL_RUNS = ("real1",)  # continued from the shipped phantom model on real train splits + phantoms
 REAL_VAL_PER_DATASET = 5  # validation records asked per dataset when models are compared (`realval`)
-REAL_TEST_PER_DATASET = 12  # test records per dataset in the one scoring of a shipped model (`realtest`)
+REAL_TEST_PER_DATASET = 10  # test records per dataset in the one scoring of a shipped model (`realtest`)
 UNET_BUDGET_S = 1800.0  # seconds (one thread) for the U-Net reference on the real train splits (`realunet`)
 UNET_SIZE = 128  # its input side in pixels (more steps in the budget than at 256)
 UNET_WEIGHTS = RUNS / "unet-real" / f"unet-{UNET_SIZE}.safetensors"
@@ -423,45 +425,59 @@ def export_real() -> None:
     (WEIGHTS / "training_cases.json").write_text(json.dumps(sorted(cases)) + "\n")
     (WEIGHTS / "eval").mkdir(exist_ok=True)
     shutil.copy2(RUNS / "real-val" / "datasets.csv", WEIGHTS / "eval" / "real_val_datasets.csv")  # what chose it
-    # The phantom-chosen mirrors, cuts and component rules were chosen for the previous weights: they go, and
-    # `maskpath` writes the choices made on real validation data for these weights.
-    from rcmed.postprocess import PostprocessRules
+    if (RUNS / "real-val-rules" / "datasets.csv").is_file():  # the same records, with the rules chosen on the first
+        shutil.copy2(RUNS / "real-val-rules" / "datasets.csv", WEIGHTS / "eval" / "real_val_rules_datasets.csv")
+    # The phantom-chosen mirrors, cuts and component rules were chosen for the previous weights: they go. What
+    # ships is what `maskpath` chose on real validation data for these weights (in the run's model folder).
+    from rcmed.postprocess import FILE, PostprocessRules
 
-    PostprocessRules().save(WEIGHTS)
+    if (run / "model" / FILE).is_file():
+        shutil.copy2(run / "model" / FILE, WEIGHTS / FILE)
+    else:
+        PostprocessRules().save(WEIGHTS)
     print(f"exported {run / 'model'} to {WEIGHTS}")
 
 
-def realval(models: list[str] | None = None) -> None:
+def realval(models: list[str] | None = None, tag: str = "") -> None:
     """Compare model folders side by side on the real validation splits (REAL_VAL_PER_DATASET records of each
-    dataset, words alone): the choice of which run ships is made here, never on the test split."""
+    dataset, words alone): the choice of which run ships is made here, never on the test split. The first
+    model is also asked through its other mask paths (box, both). Results: runs/real-val[-TAG]/."""
     from rcmed.eval.harness import evaluate
 
     models = models or [str(WEIGHTS)]
-    out = RUNS / "real-val"
+    out = RUNS / ("real-val" + (f"-{tag}" if tag else ""))
     t0 = time.time()
     rep = evaluate([Path(m) for m in models], DATA / "real-built", out, split="val", progress=False, describe=False,
-                   per_dataset=REAL_VAL_PER_DATASET, mask_paths=True)
+                   per_dataset=REAL_VAL_PER_DATASET, mask_paths=not tag)
     print(f"{rep.rows} questions on {rep.cases} validation cases in {time.time() - t0:.0f} s -> {out / 'report.md'}")
     _print_datasets(rep.tables["datasets"])
 
 
-def choose_mask_path(run: Path = RUNS / "real-val") -> None:
-    """The mask path of each target (`rcmed.postprocess.MASK_PATHS`) from `realval`'s answers of the first model
-    compared (the one that ships), written into the shipped folder's postprocess.json with its evidence."""
-    from rcmed.postprocess import PostprocessRules, choose_mask_paths
+def choose_mask_path(run: Path = RUNS / "real-val", folder: Path = WEIGHTS) -> None:
+    """From `realval`'s answers of the first model compared (the one that ships), per target: the presence cut
+    (`choose_presence_cuts`, on every present and absent question) and the mask path (`choose_mask_paths`, on
+    the present ones), written into `folder`'s postprocess.json with their evidence. (A mask path is compared
+    on targets called present at 0.5; the presence cut then decides which targets are drawn at all.)"""
+    from rcmed.postprocess import PostprocessRules, choose_mask_paths, choose_presence_cuts
 
-    cases = []
+    cases, questions = [], []
     for line in open(run / "cases.jsonl", encoding="utf-8"):
         r = json.loads(line)
-        if r.get("task") == "segment" and r["present"] and "dice_rcmed-box" in r:
+        if r.get("task") != "segment":
+            continue
+        questions.append((r["target"], r["presence"], r["present"]))
+        if r["present"] and "dice_rcmed-box" in r:
             cases.append((r["target"], {"query": r["dice"], "box": r["dice_rcmed-box"], "both": r["dice_rcmed-both"]}))
     chosen, evidence = choose_mask_paths(cases)
-    rules = PostprocessRules.load(WEIGHTS)
+    pcuts, pevidence = choose_presence_cuts(questions)
+    rules = PostprocessRules.load(folder)
     rules.mask_paths, rules.mask_path_evidence = chosen, evidence
-    rules.save(WEIGHTS)
+    rules.presence_cuts, rules.presence_evidence = pcuts, pevidence
+    rules.save(folder)
     print(f"mask paths from {len(cases)} validation targets: {chosen or 'the query for every target'}")
+    print(f"presence cuts from {len(questions)} validation questions: {pcuts or 'none (0.5 for every target)'}")
     for name, ev in evidence.items():
-        print(f"  {name:<24} {ev}")
+        print(f"  {name:<24} {ev} {pevidence.get(name, {})}")
 
 
 def _print_datasets(rows: list[dict]) -> None:
@@ -552,7 +568,7 @@ def worst_cases(run: Path = RUNS / "real-test", store: Path = DATA / "real-built
         print(f"{src}: {r['record']} {r['target']} Dice {r['dice']:.3f} -> {run / 'worst' / (src + '.png')}")
 
 
-PHANTOM_CHECK_SEED, PHANTOM_CHECK_PER_MODALITY = 23, 6  # a seed no store, validation or test set used before
+PHANTOM_CHECK_SEED, PHANTOM_CHECK_PER_MODALITY = 23, 4  # a seed no store, validation or test set used before
 
 
 def phantomcheck() -> None:
@@ -579,16 +595,17 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
          "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck,
-         "worst": worst_cases, "maskpath": choose_mask_path}
+         "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=[*STEPS, "validate", "realval", "all"])  # validate, realval: not part of `all`
     ap.add_argument("--models", nargs="+", help="validate: model folders to rank (default: the shipped one)")
+    ap.add_argument("--tag", help="realval: results into runs/real-val-TAG (a second look, without the mask-path variants)")
     args = ap.parse_args()
     if args.step == "realval":
-        realval(args.models)
+        realval(args.models, args.tag or "")
         return
     if args.step == "validate":
         from rcmed.predictor import ModelNotAvailableError

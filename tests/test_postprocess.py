@@ -188,3 +188,39 @@ def test_predictor_mask_path_both_decodes_with_the_predicted_box(tiny_trained):
         predictor.predict("Segment the liver.", mask_path="box")
     with pytest.raises(RCMedInputError, match="unknown mask path"):
         predictor.predict("Segment the liver.", mask_path="sideways")
+
+
+def test_presence_cuts_follow_validation_balanced_accuracy(tiny_trained, tmp_path, monkeypatch):
+    """A head that ranks a target's images right but is shy on a new kind of image (0.02 present, 0.001 absent)
+    gets a lower cut for that name only; a name whose questions are already right keeps 0.5."""
+    from rcmed.data.synth import synth
+    from rcmed.postprocess import choose_presence_cuts
+
+    qs = [("liver", 0.02, True)] * 4 + [("liver", 0.001, False)] * 4 + [("polyp", 0.9, True)] * 3 + [("polyp", 0.1, False)] * 3
+    cuts, evidence = choose_presence_cuts(qs)
+    assert cuts == {"liver": 0.01} and evidence["liver"]["balanced_at_0.5"] == 0.5 and evidence["liver"]["balanced_at_best"] == 1.0
+    assert choose_presence_cuts(qs[:2] + qs[4:6])[0] == {}  # 2 of each: too thin to move
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_trained, folder)
+    PostprocessRules(presence_cuts=cuts, presence_evidence=evidence).save(folder)
+    predictor = Predictor.from_pretrained(folder)
+    assert predictor.rules.presence_for("Liver") == 0.01 and predictor.rules.presence_for("polyp") == 0.5
+    predictor.set_image(synth("ct", 3, size=64).image)
+    real = predictor.model.generate
+
+    def shy(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        for t in gen.targets:
+            t.presence = 0.02
+            t.mask_logits = torch.full_like(t.mask_logits, -8.0)
+            t.mask_logits[10:30, 10:30] = 5.0
+        return gen
+
+    monkeypatch.setattr(predictor.model, "generate", shy)
+    liver = predictor.predict("Segment the liver.").targets[0]
+    assert liver.present and liver.mask is not None  # 0.02 >= the liver's cut of 0.01
+    predictor.rules = PostprocessRules()
+    assert not predictor.predict("Segment the liver.").targets[0].present  # at 0.5 it was "not found"
+    (folder / FILE).write_text('{"presence_cuts": {"liver": 1.5}}')
+    with pytest.raises(ModelNotAvailableError, match="presence cut"):
+        Predictor.from_pretrained(folder)

@@ -317,6 +317,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     meta: dict[tuple[str, str], dict[str, object]] = {}
     presence_p: list[float] = []
     presence_y: list[int] = []
+    presence_called: list[bool] = []
     sources: dict[tuple[str, str], str] = {}  # (case, modality|target) -> dataset
     registry: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)  # (modality, region, target, task) -> scores
     described: dict[str, list[dict[str, object]]] = defaultdict(list)  # modality -> describe rows
@@ -340,13 +341,15 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                 p = got.presence if got is not None else 0.0
                 pred = got.mask if (got is not None and got.mask is not None) else np.zeros(sample.image.shape[:2], bool)
                 present = true is not None and bool(true.any())
+                called = bool(got is not None and got.present)  # the model's decision (its folder may cut presence per target)
                 presence_p.append(p)
                 presence_y.append(int(present))
+                presence_called.append(called)
                 row = {"record": rec.id, "case": rec.case_id, "source": rec.source, "modality": rec.modality,
                        "body_region": rec.body_region,
-                       "target": name, "task": "segment", "present": present, "presence": round(p, 4),
+                       "target": name, "task": "segment", "present": present, "presence": round(p, 4), "called": called,
                        "answer": answer.text}
-                registry[(rec.modality, rec.body_region, name, "presence")].append(float((p >= 0.5) == present))
+                registry[(rec.modality, rec.body_region, name, "presence")].append(float(called == present))
                 if present:
                     tb, pb = mask_box(true), mask_box(pred)
                     row["box_iou"] = round(box_iou(pb, tb), 4) if pb is not None else 0.0
@@ -402,7 +405,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                     described[rec.modality].append(row)
                     fh.write(json.dumps(row) + "\n")
                     n_rows += 1
-    tables = _aggregate(pooled, meta, presence_p, presence_y)
+    tables = _aggregate(pooled, meta, presence_p, presence_y, presence_called)
     tables["datasets"] = _dataset_table(pooled, sources, out / "cases.jsonl")
     tables["descriptions"] = _description_table(described)
     tables["registry"] = _registry_table(registry)
@@ -509,7 +512,7 @@ def _dataset_table(pooled, sources: dict[tuple[str, str], str], cases_path: Path
             if row.get("task") != "segment":
                 continue
             src = row.get("source") or rec_source.get(row["case"], row["modality"])
-            pres[src].append((bool(row["present"]), row["presence"] >= 0.5))
+            pres[src].append((bool(row["present"]), row.get("called", row["presence"] >= 0.5)))
             if "aji" in row:
                 inst[src].append((row["f1_50"], row["aji"]))
     out = []
@@ -549,7 +552,9 @@ def _bootstrap_ci(values: list[float], seed: int = 0, n: int = 1000) -> tuple[fl
     return float(lo), float(hi)
 
 
-def _aggregate(pooled, meta, presence_p, presence_y) -> dict[str, list[dict[str, object]]]:
+def _aggregate(pooled, meta, presence_p, presence_y, called=None) -> dict[str, list[dict[str, object]]]:
+    """`called`: the model's present/absent decisions (default: presence >= 0.5)."""
+    called = [p >= 0.5 for p in presence_p] if called is None else called
     by_task: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for (method, _case, task), (inter, p, t) in pooled.items():
         by_task[(method, *task.split("|", 1))].append(2 * inter / (p + t) if (p + t) else 1.0)
@@ -569,18 +574,19 @@ def _aggregate(pooled, meta, presence_p, presence_y) -> dict[str, list[dict[str,
             out.append({"method": method, key: k, "case_targets": len(vals), "dice": round(float(np.mean(vals)), 4),
                         "dice_ci_low": round(lo, 4), "dice_ci_high": round(hi, 4)})
         return out
-    acc, auc = presence_metrics(presence_p, presence_y)
+    _, auc = presence_metrics(presence_p, presence_y)
+    acc = float(np.mean([c == bool(y) for c, y in zip(called, presence_y, strict=True)])) if called else float("nan")
     return {"tasks": task_rows, "modalities": rows(mod_vals, "modality"), "scales": rows(scale_vals, "scale"),
             "presence": [{"questions": len(presence_y), "absent": int(len(presence_y) - sum(presence_y)),
                           "accuracy": round(acc, 4), "auroc": round(auc, 4) if auc == auc else None,
-                          "present_accuracy": _side_accuracy(presence_p, presence_y, 1),
-                          "absent_accuracy": _side_accuracy(presence_p, presence_y, 0)}],
+                          "present_accuracy": _side_accuracy(called, presence_y, 1),
+                          "absent_accuracy": _side_accuracy(called, presence_y, 0)}],
             "reliability": _reliability(presence_p, presence_y)}
 
 
-def _side_accuracy(p: list[float], y: list[int], side: int) -> float | None:
+def _side_accuracy(called: list[bool], y: list[int], side: int) -> float | None:
     """Accuracy on the questions whose truth is `side` (1: present, 0: absent); None when none."""
-    hits = [(pi >= 0.5) == bool(side) for pi, yi in zip(p, y, strict=True) if yi == side]
+    hits = [c == bool(side) for c, yi in zip(called, y, strict=True) if yi == side]
     return round(float(np.mean(hits)), 4) if hits else None
 
 
