@@ -154,6 +154,11 @@ def build() -> tuple[str, str]:
     metrics = _rows(WEIGHTS / "real1_metrics.csv")
     step_min = sum(float(r["step_s"]) for r in metrics) / 60 if metrics else None
     rules = json.loads((WEIGHTS / "postprocess.json").read_text()) if (WEIGHTS / "postprocess.json").is_file() else {}
+    choice_path = EVAL / "real_choice.json"  # the decision taken on validation, in words (written when it was taken)
+    choice = json.loads(choice_path.read_text()) if choice_path.is_file() else {}
+    rules_of = choice.get("rules_from")
+    if rules_of:  # the rules evidence of the candidate run, when the shipped folder is not that run
+        rules = json.loads((ROOT / rules_of).read_text())
     ratios = st["ratios"]
     goals = [
         (f"mean Dice over the datasets ≥ {GOALS['mean_dice']}", _fmt(st["mean_dice"]),
@@ -238,9 +243,12 @@ def build() -> tuple[str, str]:
         "|---|---|---|---|",
         *[f"| `{e['sha256'][:12]}` | {'yes' if e.get('shipped') else 'no'} | {_fmt(e.get('mean_dice'))} | {e.get('date', '')} |" for e in log],
         "",
-        f"Phantom held-out check (fresh seed, once): mean Dice over modalities {_fmt(phantom_mean)}.",
-        f"Training on real images: {len(metrics)} steps, {_fmt(step_min, 1)} min of step time on the CPU "
-        "(`configs/train/default_real1.json`, from the previous phantom-trained weights).",
+        f"Phantom held-out check of the shipped model (fresh seed, once): mean Dice over modalities {_fmt(phantom_mean)}.",
+        "",
+        f"**Which weights ship.** {choice.get('why', '(no decision recorded)')} The real-data run "
+        f"(`configs/train/default_real1.json`, continued from the phantom-trained weights on the real train splits and 250 "
+        f"phantoms): {len(metrics)} steps of batch 4, {_fmt(step_min, 1)} min of step time on the 2-core CPU, encoder "
+        "features cached; its loss curve is `real1_loss.png`.",
     ]
     readme = [
         "Real test splits of twelve public datasets (words alone; generated from the model's result files by",
