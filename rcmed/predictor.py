@@ -430,7 +430,8 @@ def agree_text(text: str, targets: list[Target]) -> tuple[str, list[str]]:
                      (rf"\bNo, the {n} is not in this image\.", f"Yes, the {t.name} is present, {where}.")]
         elif not t.present:
             rules = [(rf"\bThe {n} is in the [a-z ]+? of the image\.", f"The {t.name} is not present in this image."),
-                     (rf"\bYes, the {n} is present, in the [a-z ]+? of the image\.", f"No, the {t.name} is not in this image.")]
+                     (rf"\bYes, the {n} is present, in the [a-z ]+? of the image\.", f"No, the {t.name} is not in this image."),
+                     (rf"\bHere are the \d+ {n}(?:, [a-z ]+)?\.", f"The {t.name} is not present in this image.")]
         else:
             rules = []
         for pattern, sentence in rules:

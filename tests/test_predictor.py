@@ -84,6 +84,9 @@ def test_answer_text_says_what_the_decision_says(predictor, monkeypatch):
     tumour_ans = predictor.predict("Segment the tumour.")
     assert not tumour_ans.targets[0].present
     assert tumour_ans.text == "No, the tumour is not in this image. Nothing else."
+    claims["tumour"] = "Here are the 10 tumour <seg>, evenly spread."  # the count form of instance answers
+    predictor.set_image(ph.image)  # (a new image: the same question is generated anew)
+    assert predictor.predict("Segment the tumour.").text == "The tumour is not present in this image. Nothing else."
     monkeypatch.undo()
     agreeing = predictor.predict("Segment the liver.")  # the model's own text already agrees: untouched
     assert agreeing.amended == [] and "text_amended_for" not in predictor.answer_json(agreeing)
