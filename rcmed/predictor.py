@@ -147,13 +147,13 @@ class Predictor:
         any modality, `targets.json`): a plain "not trained" with what it can find on `modality`, no mask.
         None when the request names a known target, or is not a segmentation request, or the model folder
         lists no targets."""
-        from rcmed.vocabulary import requested_names, unknown_names
+        from rcmed.vocabulary import requested_names, resolve
 
         if self.vocabulary is None:
             return None
         known = {n.lower() for names in self.vocabulary.values() for n in names}
         asked = requested_names(prompt)
-        unknown = unknown_names(prompt, known)
+        unknown = [n for n in asked if resolve(n, known) is None]
         if not asked or len(unknown) < len(asked):
             return None
         here = sorted(self.vocabulary.get(modality, []))
@@ -194,6 +194,11 @@ class Predictor:
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
+        if mask_path is not None and mask_path not in MASK_PATHS:
+            raise RCMedInputError("mask_path", f"unknown mask path {mask_path!r}; use one of {MASK_PATHS}")
+        if mask_path == "box" and not self.model.config.pretrained_vision:
+            raise RCMedInputError("mask_path", "'box' gives our box to LiteMedSAM's own decoder, which needs the model's "
+                                               "encoder to be LiteMedSAM's (pretrained_vision); this model's is not")
         refused = self.refusal(prompt, self._image.modality.value)
         if refused is not None:
             return refused
@@ -212,11 +217,6 @@ class Predictor:
             self._last = (request, gen)
         spacing = self._image.spacing
         by_words = boxes is None and points is None
-        if mask_path is not None and mask_path not in MASK_PATHS:
-            raise RCMedInputError("mask_path", f"unknown mask path {mask_path!r}; use one of {MASK_PATHS}")
-        if mask_path == "box" and not self.model.config.pretrained_vision:
-            raise RCMedInputError("mask_path", "'box' gives our box to LiteMedSAM's own decoder, which needs the model's "
-                                               "encoder to be LiteMedSAM's (pretrained_vision); this model's is not")
         paths = [(mask_path or self.rules.mask_path_for(t.name)) if by_words else "query" for t in gen.targets]
         boxed = self._box_prompted(prompt, gen, paths, rounds)
         targets = []
@@ -262,13 +262,12 @@ class Predictor:
         boxes = torch.stack([t.box for t in gen.targets]).float() * self.size  # normalised -> model-input pixels
         boxes = torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, self.size - 1)
         out: dict[int, torch.Tensor] = {}
+        to_sam = [k for k in need if paths[k] == "box"]
         with torch.inference_mode():
-            if any(paths[k] == "box" for k in need):
-                sam = self._litemedsam()
-                dec = sam.segment_boxes(self._feats, boxes[[k for k in need if paths[k] == "box"]])
-                for j, k in enumerate(k for k in need if paths[k] == "box"):
-                    out[k] = dec.masks[j, 0]
-            if any(paths[k] == "both" for k in need):
+            if to_sam:
+                dec = self._litemedsam().segment_boxes(self._feats, boxes[to_sam])
+                out.update({k: dec.masks[j, 0] for j, k in enumerate(to_sam)})
+            if len(to_sam) < len(need):  # some target takes "both"
                 again = self.model.generate(self._pixels[None], prompt, feats=self._feats, boxes=boxes, rounds=rounds)
                 for k in need:
                     if paths[k] == "both" and k < len(again.targets):

@@ -386,8 +386,8 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                         if "otsu-watershed" in runners:
                             ow = runners["otsu-watershed"].labels(x)
                             row["ap50_otsu-watershed"] = round(match_instances(ow, sample.instances, 0.5).ap, 4)
+                    sources[(rec.case_id, f"{rec.modality}|{name}")] = rec.source or rec.modality
                     for method, m in methods:
-                        sources[(rec.case_id, f"{rec.modality}|{name}")] = rec.source or rec.modality
                         acc = pooled[(method, rec.case_id, f"{rec.modality}|{name}")]
                         acc[0] += int((m & true).sum())
                         acc[1] += int(m.sum())
@@ -505,14 +505,13 @@ def _dataset_table(pooled, sources: dict[tuple[str, str], str], cases_path: Path
         dice_vals[(sources.get((case, task), "?"), method)].append(2 * inter / (p + t) if (p + t) else 1.0)
     pres: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     inst: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    rec_source = {case_task[0]: src for case_task, src in sources.items()}
     with open(cases_path, encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
             if row.get("task") != "segment":
                 continue
-            src = row.get("source") or rec_source.get(row["case"], row["modality"])
-            pres[src].append((bool(row["present"]), row.get("called", row["presence"] >= 0.5)))
+            src = row["source"] or row["modality"]
+            pres[src].append((bool(row["present"]), row["called"]))
             if "aji" in row:
                 inst[src].append((row["f1_50"], row["aji"]))
     out = []
@@ -552,9 +551,8 @@ def _bootstrap_ci(values: list[float], seed: int = 0, n: int = 1000) -> tuple[fl
     return float(lo), float(hi)
 
 
-def _aggregate(pooled, meta, presence_p, presence_y, called=None) -> dict[str, list[dict[str, object]]]:
-    """`called`: the model's present/absent decisions (default: presence >= 0.5)."""
-    called = [p >= 0.5 for p in presence_p] if called is None else called
+def _aggregate(pooled, meta, presence_p, presence_y, called) -> dict[str, list[dict[str, object]]]:
+    """`called`: the model's present/absent decisions (its folder may cut presence per target)."""
     by_task: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for (method, _case, task), (inter, p, t) in pooled.items():
         by_task[(method, *task.split("|", 1))].append(2 * inter / (p + t) if (p + t) else 1.0)
