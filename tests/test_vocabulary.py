@@ -87,3 +87,13 @@ def test_unknown_name_through_cli_and_http(taught, tmp_path):
         r = c.post("/v1/segment", files={"file": ("scan.png", io.BytesIO(png.read_bytes()), "image/png")}, data={"prompt": prompt})
         assert r.status_code == 200, r.text
         assert r.json()["targets"] == [] and r.json()["known"] is False
+
+
+def test_a_damaged_targets_list_is_a_clear_model_error(taught, tmp_path):
+    from rcmed.predictor import ModelNotAvailableError
+
+    folder = tmp_path / "model"
+    shutil.copytree(taught, folder)
+    (folder / "targets.json").write_text('["liver", "kidneys"]')
+    with pytest.raises(ModelNotAvailableError, match="targets.json"):
+        Predictor.from_pretrained(folder)
