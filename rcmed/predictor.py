@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 
 from rcmed.data.describe import grid_position
 from rcmed.errors import RCMedError, RCMedInputError
-from rcmed.io.image import MedicalImage
+from rcmed.io.image import MedicalImage, Modality, parse_modality
 from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
 from rcmed.io.slices import from_slices, to_slices
@@ -80,6 +80,8 @@ class Answer:
     targets: list[Target] = field(default_factory=list)
     amended: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # names asked for that the model was never taught
+    off_modality: dict[str, list[str]] = field(default_factory=dict)  # name -> the only modalities it was taught on
+    modality: dict[str, object] | None = None  # {"name", "source": given | recognised | intensity, "confidence"}
 
 
 def _rules(folder: Path) -> PostprocessRules:
@@ -118,6 +120,8 @@ class Predictor:
         self.folder: Path | None = None  # the model folder, when loaded from one
         self._sam = None  # LiteMedSAM's own decoder, loaded on the first "box" mask path
         self.vocabulary: dict[str, list[str]] | None = None  # modality -> target names taught (targets.json)
+        self.modality_head = None  # `rcmed.model.modality.ModalityHead` of the folder, when it has one
+        self.modality_info: dict[str, object] | None = None  # the image's modality and where it came from
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default") -> "Predictor":
@@ -134,6 +138,12 @@ class Predictor:
         predictor = cls(RCMedModel.from_pretrained(folder), name=folder.name if folder.name != "model" else folder.parent.name,
                         sha256=_model_sha(folder), rules=_rules(folder))
         predictor.folder = folder
+        from rcmed.model.modality import ModalityHead
+
+        try:
+            predictor.modality_head = ModalityHead.load(folder)
+        except ValueError as err:
+            raise ModelNotAvailableError(str(err)) from None
         if (folder / "targets.json").is_file():
             try:
                 vocab = json.loads((folder / "targets.json").read_text())
@@ -143,24 +153,35 @@ class Predictor:
         return predictor
 
     def refusal(self, prompt: str, modality: str) -> Answer | None:
-        """The answer to a segmentation request that names only targets this model was never taught (in
-        any modality, `targets.json`): a plain "not trained" with what it can find on `modality`, no mask.
-        None when the request names a known target, or is not a segmentation request, or the model folder
-        lists no targets."""
+        """The answer to a segmentation request that names no target this model was taught on `modality`
+        (`targets.json`): a plain "not trained" with what it can find on `modality`, no mask. A name
+        never taught at all is listed in `unknown`; a name taught only on other modalities (a polyp asked
+        on a CT) in `off_modality`, with where it was taught: a mask drawn there would be a guess.
+        None when the request names a target taught on `modality`, or is not a segmentation request, or
+        the model folder lists no targets."""
         from rcmed.vocabulary import requested_names, resolve
 
         if self.vocabulary is None:
             return None
-        known = {n.lower() for names in self.vocabulary.values() for n in names}
         asked = requested_names(prompt)
-        unknown = [n for n in asked if resolve(n, known) is None]
-        if not asked or len(unknown) < len(asked):
+        known = {n.lower() for names in self.vocabulary.values() for n in names}
+        # an image of unknown modality may hold any target the model knows
+        here = sorted(known) if modality == "unknown" else sorted(self.vocabulary.get(modality, []))
+        if not asked or any(resolve(n, {h.lower() for h in here}) is not None for n in asked):
             return None
-        here = sorted(self.vocabulary.get(modality, []))
-        quoted = ", ".join(f"'{n}'" for n in unknown)
+        unknown = [n for n in asked if resolve(n, known) is None]
+        elsewhere = {n: sorted(m for m, names in self.vocabulary.items() if resolve(n, {x.lower() for x in names}))
+                     for n in asked if n not in unknown}
         can = f"On {modality} images I can find: {', '.join(here)}." if here else \
             f"I was not trained on {modality} images; I know: {', '.join(sorted(self.vocabulary))}."
-        return Answer(text=f"I was not trained to find {quoted}, so I drew no mask. {can}", targets=[], unknown=unknown)
+        said = []
+        if unknown:
+            said.append(f"I was not trained to find {', '.join(repr(n) for n in unknown)}")
+        if elsewhere:
+            said.append("; ".join(f"I was trained to find '{n}' only on {' and '.join(ms)} images, not on {modality} "
+                                  "images" for n, ms in elsewhere.items()))
+        text = f"{'; '.join(said)}, so I drew no mask. {can}"
+        return Answer(text=text, targets=[], unknown=unknown, off_modality=elsewhere)
 
     # ------------------------------------------------------------------ 2-D
     def set_image(self, image: MedicalImage | str | Path, modality: str | None = None, window="auto") -> None:
@@ -169,11 +190,22 @@ class Predictor:
         if img.is_volume:
             raise RCMedInputError("image", f"is a volume with {img.n_slices} slices; use predict_volume()")
         x = normalize(img, window=window)
-        self._image, self._normalised = img, x
         self._pixels, self._geom = prepare_image(x, self.size)
         self._mirrors, self._decoded, self._last = {}, {}, None
         with torch.inference_mode():
             self._feats = self.model.encode(self._pixels[None])
+        self.modality_info = {"name": img.modality.value, "source": "given", "confidence": None}
+        if img.modality is Modality.UNKNOWN and self.modality_head is not None:
+            name, conf = self.modality_head.recognise(self._feats.embedding)  # the features of the generic rule
+            img = replace(img, modality=parse_modality(name))
+            self.modality_info = {"name": name, "source": "recognised", "confidence": round(conf, 4)}
+            again = normalize(img, window=window)  # the modality's own rule (a CT window, percentiles)
+            if not np.array_equal(again, x):
+                x = again
+                self._pixels, self._geom = prepare_image(x, self.size)
+                with torch.inference_mode():
+                    self._feats = self.model.encode(self._pixels[None])
+        self._image, self._normalised = img, x
 
     def predict(self, prompt: str, points: list[list[float]] | None = None, boxes: list[list[float]] | None = None,
                 point_labels: list[int] | None = None, max_new_tokens: int | None = None,
@@ -201,7 +233,7 @@ class Predictor:
                                                "encoder to be LiteMedSAM's (pretrained_vision); this model's is not")
         refused = self.refusal(prompt, self._image.modality.value)
         if refused is not None:
-            return refused
+            return _with_modality(refused, self.modality_info)
         try:
             allowed("", flips or ())
         except ValueError as err:
@@ -250,7 +282,7 @@ class Predictor:
         # the same name twice is one structure, unless the caller gave one box per target
         targets = targets if boxes is not None and len(boxes) > 1 else first_of_each(targets)
         text, amended = agree_text(gen.text, targets)
-        return Answer(text=text, targets=targets, amended=amended)
+        return _with_modality(Answer(text=text, targets=targets, amended=amended), self.modality_info)
 
     def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None) -> dict[int, torch.Tensor]:
         """(S, S) model-input mask logits of the targets whose path is "box" or "both", keyed by index: the box
@@ -333,16 +365,53 @@ class Predictor:
     def predict_volume(self, volume: MedicalImage | str | Path, prompt: str, modality: str | None = None,
                        window="auto", batch_slices: int = 8, progress: bool = False) -> Answer:
         """Answer on the middle axial slice, then decode the same answer on every slice in batches
-        of `batch_slices` (memory bounded by one batch) and stack masks in source voxel order."""
-        from tqdm import tqdm
-
+        of `batch_slices` (memory bounded by one batch) and stack masks in source voxel order. A volume
+        of unknown modality is taken as CT when its intensities are HU-like, else the modality head names it."""
         vol = volume if isinstance(volume, MedicalImage) else load(volume, modality=modality)
         if not vol.is_volume:
             raise RCMedInputError("volume", "is a 2-D image; use set_image() and predict()")
         prompt = _check_prompt(prompt)
+        vol, info = self._volume_modality(vol, window)
         refused = self.refusal(prompt, vol.modality.value)
         if refused is not None:
-            return refused
+            return _with_modality(refused, info)
+        answer = self._predict_volume(vol, prompt, window, batch_slices, progress)
+        return _with_modality(answer, info)
+
+    def recognise(self, image: MedicalImage) -> tuple[str, float] | None:
+        """What the modality head makes of a 2-D image as if no modality were given: (name, probability);
+        None without a head. (Used to measure recognition; `set_image` does the same when it is needed.)"""
+        if self.modality_head is None:
+            return None
+        x = normalize(replace(image, modality=Modality.UNKNOWN))
+        with torch.inference_mode():
+            emb = self.model.encode(prepare_image(x, self.size)[0][None]).embedding
+        return self.modality_head.recognise(emb)
+
+    # Below this HU-like minimum a volume of unknown modality is taken as CT: air is about -1000 HU, and
+    # MRI, PET and the other modalities have no negative values of that size.
+    CT_MIN_VALUE = -500.0
+
+    def _volume_modality(self, vol: MedicalImage, window) -> tuple[MedicalImage, dict[str, object]]:
+        """The volume with its modality (given; else CT by its intensities; else recognised on the middle
+        slice by the folder's modality head) and where the modality came from."""
+        if vol.modality is not Modality.UNKNOWN:
+            return vol, {"name": vol.modality.value, "source": "given", "confidence": None}
+        if float(vol.array.min()) < self.CT_MIN_VALUE:
+            return replace(vol, modality=Modality.CT), {"name": "ct", "source": "intensity", "confidence": None}
+        if self.modality_head is None:
+            return vol, {"name": "unknown", "source": "given", "confidence": None}
+        stack = to_slices(vol)
+        mid = normalize(vol.with_array(stack.slices), window=window)[len(stack) // 2]
+        with torch.inference_mode():
+            emb = self.model.encode(prepare_image(mid, self.size)[0][None]).embedding
+        name, conf = self.modality_head.recognise(emb)
+        return replace(vol, modality=parse_modality(name)), {"name": name, "source": "recognised",
+                                                             "confidence": round(conf, 4)}
+
+    def _predict_volume(self, vol: MedicalImage, prompt: str, window, batch_slices: int, progress: bool) -> Answer:
+        from tqdm import tqdm
+
         stack = to_slices(vol)
         norm = normalize(vol.with_array(stack.slices), window=window)  # window from the whole volume
         n = len(stack)
@@ -390,10 +459,32 @@ class Predictor:
                "targets": [t.to_json(f) for t, f in zip(answer.targets, files, strict=True)]}
         if answer.amended:
             doc["text_amended_for"] = list(answer.amended)
+        if answer.modality is not None:
+            doc["modality"] = dict(answer.modality)
         doc["known"] = not answer.unknown
-        if answer.unknown:
-            doc["not_trained_for"] = list(answer.unknown)
+        if answer.unknown or answer.off_modality:
+            doc["not_trained_for"] = [*answer.unknown, *answer.off_modality]
+        if answer.off_modality:
+            doc["trained_only_on"] = {n: list(ms) for n, ms in answer.off_modality.items()}
         return doc
+
+
+MODALITY_WORDS = {"ct": "a CT", "mri": "an MRI", "xray": "an X-ray", "ultrasound": "an ultrasound", "pet": "a PET",
+                  "pathology": "a pathology", "microscopy": "a microscopy", "dermoscopy": "a dermoscopy",
+                  "endoscopy": "an endoscopy", "fundus": "a fundus"}
+
+
+def _with_modality(answer: Answer, info: dict[str, object] | None) -> Answer:
+    """The answer carrying the image's modality; when the model recognised it (none was given), the text
+    starts by saying what the image looks like, so a wrong guess is visible and can be overridden."""
+    if info is None:
+        return answer
+    answer.modality = dict(info)
+    if info["source"] != "given":
+        how = f"{float(info['confidence']):.0%} sure" if info.get("confidence") is not None else "from its intensities"
+        words = MODALITY_WORDS.get(str(info["name"]), f"a {info['name']}")
+        answer.text = f"This looks like {words} image ({how}; give the modality if it is not). {answer.text}"
+    return answer
 
 
 def first_of_each(targets: list[Target]) -> list[Target]:

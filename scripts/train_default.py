@@ -438,6 +438,98 @@ def export_real() -> None:
     print(f"exported {run / 'model'} to {WEIGHTS}")
 
 
+REAL2_STEPS = 750  # decoder-stage steps (4 images each) after real1; the best validation step is kept
+REAL2_PHANTOM_EVERY = 4  # one phantom record in 4 joins the decoder stage, so phantoms are not forgotten
+
+
+def _items(model, split: str, run: Path) -> list:
+    """The decoder stage's questions of `split` (real stores, plus a share of the phantoms), cached in `run`."""
+    import torch
+
+    from rcmed.train.decoder_stage import Item, collect_items
+    from rcmed.train.feature_cache import FeatureCache
+
+    path = run / f"items-{split}.pt"
+    if path.is_file():
+        return [Item(**d) for d in torch.load(path, weights_only=True)]
+    cache = FeatureCache(DATA / "feature-cache", model.image_encoder)
+    t0 = time.time()
+    items = collect_items(model, [str(DATA / "real-built")], split, cache, seed=7)
+    items += collect_items(model, [str(DATA / "phantoms-11-built")], split, cache, seed=7, every=REAL2_PHANTOM_EVERY)
+    print(f"{split}: {len(items)} questions in {time.time() - t0:.0f} s", flush=True)
+    torch.save([vars(it) for it in items], path)
+    return items
+
+
+def real2() -> None:
+    """Decoder stage on real1's model (`rcmed.train.decoder_stage`): the language model's states at each
+    target's slot are computed once, then the seg-query head and the mask decoder train REAL2_STEPS steps
+    on the real train splits (and a share of phantoms); the step of best validation mean Dice is kept, the
+    per-target presence cuts are chosen on the same validation questions. -> runs/default-real2/model."""
+    import torch
+
+    from rcmed.model.rcmed import RCMedModel
+    from rcmed.postprocess import PostprocessRules, choose_presence_cuts
+    from rcmed.train.decoder_stage import mean_dice, score, summarise, train_decoder
+
+    torch.manual_seed(0)
+    run = RUNS / "default-real2"
+    run.mkdir(parents=True, exist_ok=True)
+    model = RCMedModel.from_pretrained(RUNS / f"default-{REAL_RUNS[-1]}" / "model")
+    train, val = _items(model, "train", run), _items(model, "val", run)
+    best = train_decoder(model, train, val, run, REAL2_STEPS, records_per_step=4, lr=2e-4, eval_every=150, seed=7)
+    rows = score(model, val)
+    cuts, evidence = choose_presence_cuts([(r["name"], r["presence"], r["present"]) for r in rows])
+    summary = {"best_step": best["step"], "at_0.5": summarise(rows), "with_cuts": summarise(rows, cuts),
+               "mean_dice_at_0.5": mean_dice(summarise(rows)), "mean_dice_with_cuts": mean_dice(summarise(rows, cuts))}
+    (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
+    model.config.loop_rounds = 1  # the stage trained the first round's decoder only (see decoder_stage)
+    model.save_pretrained(run / "model")
+    shutil.copy2(RUNS / f"default-{REAL_RUNS[-1]}" / "model" / "targets.json", run / "model" / "targets.json")
+    PostprocessRules(presence_cuts=cuts, presence_evidence=evidence).save(run / "model")
+    print(f"real2: best step {best['step']}, validation mean Dice {summary['mean_dice_at_0.5']:.4f} at 0.5, "
+          f"{summary['mean_dice_with_cuts']:.4f} with the cuts", flush=True)
+
+
+def modality(folder: Path = RUNS / "default-real2" / "model") -> None:
+    """The modality head (`rcmed.model.modality`) on pooled encoder features of the real train splits and a
+    share of the phantoms; its accuracy on the validation splits, normalised by the true modality and as an
+    image of unknown modality (what a caller who gives none gets) -> `folder`/modality.safetensors and
+    `folder`/modality_val.json."""
+    import torch
+
+    from rcmed.model.modality import fit
+    from rcmed.model.rcmed import RCMedModel
+    from rcmed.train.feature_cache import FeatureCache
+    from rcmed.train.modality import collect_pooled
+
+    model = RCMedModel.from_pretrained(folder)
+    cache = FeatureCache(DATA / "feature-cache", model.image_encoder)
+
+    def split(name: str, as_unknown: bool = False):
+        a = collect_pooled(model, [str(DATA / "real-built")], name, cache, as_unknown=as_unknown)
+        b = collect_pooled(model, [str(DATA / "phantoms-11-built")], name, cache, as_unknown=as_unknown,
+                           every=REAL2_PHANTOM_EVERY)
+        return torch.cat([a[0], b[0]]), a[1] + b[1], a[2] + b[2]
+
+    x, y, _ = split("train")
+    head = fit(x, y)
+    report: dict[str, object] = {"train_images": len(y), "modalities": head.names}
+    for tag, as_unknown in (("given", False), ("unknown", True)):
+        xv, yv, sv = split("val", as_unknown)
+        pred = [head.names[k] for k in head(xv).argmax(1).tolist()]
+        per: dict[str, list[bool]] = {}
+        for s, t, p in zip(sv, yv, pred, strict=True):
+            per.setdefault(s, []).append(t == p)
+        report[tag] = {"accuracy": float(np.mean([t == p for t, p in zip(yv, pred, strict=True)])), "images": len(yv),
+                       "per_dataset": {s: round(float(np.mean(v)), 4) for s, v in sorted(per.items())},
+                       "errors": sorted({f"{t}->{p}" for t, p in zip(yv, pred, strict=True) if t != p})}
+        print(f"modality head, validation normalised as {tag}: accuracy {report[tag]['accuracy']:.4f} on {len(yv)} images",
+              flush=True)
+    head.save(folder)
+    (folder / "modality_val.json").write_text(json.dumps(report, indent=1))
+
+
 def realval(models: list[str] | None = None, tag: str = "") -> None:
     """Compare model folders side by side on the real validation splits (REAL_VAL_PER_DATASET records of each
     dataset, words alone): the choice of which run ships is made here, never on the test split. The first
@@ -594,7 +686,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck,
+         "real2": real2, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 

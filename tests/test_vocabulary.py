@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from rcmed.cli import app
 from rcmed.data.synth import synth
+from rcmed.io.image import MedicalImage
 from rcmed.io.normalize import normalize
 from rcmed.predictor import Predictor
 from rcmed.vocabulary import requested_names, resolve, unknown_names
@@ -66,11 +67,29 @@ def test_unknown_name_is_refused_without_a_mask(taught, tmp_path):
     assert "not trained to find 'unicorn'" in a.text and "body, kidneys, liver" in a.text
     doc = p.answer_json(a)
     assert doc["known"] is False and doc["not_trained_for"] == ["unicorn"] and doc["targets"] == []
-    # a known name, and a name known on another modality, go to the model (which may say "not found")
-    assert p.predict("Segment the liver.").unknown == [] and p.predict("Segment the polyp.").unknown == []
+    # a name taught on this modality goes to the model (which may say "not found")
+    assert p.predict("Segment the liver.").unknown == []
     assert p.answer_json(p.predict("Segment the kidney."))["known"] is True
     vol = synth("ct", 2, size=64, volume=True).image
     assert p.predict_volume(vol, "Segment the skull bone.").unknown == ["skull bone"]
+
+
+def test_a_name_taught_only_on_another_modality_gets_no_mask(taught):
+    p = Predictor.from_pretrained(taught)
+    p.set_image(synth("ct", 2, size=64).image)
+    a = p.predict("Segment the polyp.")
+    assert a.targets == [] and a.unknown == [] and a.off_modality == {"polyp": ["endoscopy"]}
+    assert "only on endoscopy images, not on ct images" in a.text and "body, kidneys, liver" in a.text
+    doc = p.answer_json(a)
+    assert doc["known"] is True and doc["not_trained_for"] == ["polyp"] and doc["trained_only_on"] == {"polyp": ["endoscopy"]}
+    both = p.predict("Segment the polyp and the unicorn.")
+    assert both.targets == [] and both.unknown == ["unicorn"] and list(both.off_modality) == ["polyp"]
+    # one name taught here is enough for the request to reach the model
+    assert p.predict("Segment the liver and the polyp.").off_modality == {}
+    # an image of unknown modality may hold any target the model knows
+    p.set_image(MedicalImage(array=synth("ct", 2, size=64).image.array))
+    assert p.predict("Segment the polyp.").off_modality == {}
+    assert p.predict("Segment the unicorn.").unknown == ["unicorn"]
 
 
 def test_unknown_name_through_cli_and_http(taught, tmp_path):

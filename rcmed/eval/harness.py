@@ -321,6 +321,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     sources: dict[tuple[str, str], str] = {}  # (case, modality|target) -> dataset
     registry: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)  # (modality, region, target, task) -> scores
     described: dict[str, list[dict[str, object]]] = defaultdict(list)  # modality -> describe rows
+    recognised: list[dict[str, object]] = []  # per record: true and recognised modality
     n_rows = 0
     with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
         for rec in tqdm(records, desc="eval", unit="rec", disable=not progress):
@@ -329,6 +330,10 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                                modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3,
                                spacing_known=rec.spacing is not None)
             predictor.set_image(img)
+            guess = predictor.recognise(img)  # the modality head, as for an image sent without a modality
+            if guess is not None:
+                recognised.append({"dataset": rec.source or rec.modality, "modality": img.modality.value,
+                                   "recognised": guess[0], "confidence": guess[1]})
             for other in others.values():
                 other.set_image(img)
             x = normalize(img)
@@ -409,6 +414,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     tables["datasets"] = _dataset_table(pooled, sources, out / "cases.jsonl")
     tables["descriptions"] = _description_table(described)
     tables["registry"] = _registry_table(registry)
+    tables["recognition"] = _modality_table(recognised)
     _write_tables(out, tables)
     _plot(out, tables)
     return EvalReport(rows=n_rows, cases=len({r.case_id for r in records}), tables=tables, out=out)
@@ -418,6 +424,20 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
 PASS = {"segment": 0.5, "presence": 0.9, "locate": 0.5, "count": 0.25, "describe": 0.5}
 _METRIC = {"segment": "dice", "presence": "accuracy", "locate": "box IoU", "count": "relative count error",
            "describe": "fact accuracy"}
+
+
+def _modality_table(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Modality recognition per dataset and over all records: accuracy and the most frequent wrong answer."""
+    by: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for r in rows:
+        by[str(r["dataset"])].append(r)
+    out = []
+    for name, group in [*sorted(by.items()), *([("all", rows)] if rows else [])]:
+        wrong = [str(r["recognised"]) for r in group if r["recognised"] != r["modality"]]
+        out.append({"dataset": name, "modality": group[0]["modality"] if name != "all" else "",
+                    "images": len(group), "accuracy": round(1 - len(wrong) / len(group), 4),
+                    "most_common_error": max(set(wrong), key=wrong.count) if wrong else ""})
+    return out
 
 
 def _describe_row(predictor, x: np.ndarray, rec, sample) -> dict[str, object] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rcmed.errors import EmptyInputError, UnsupportedFormatError
+from rcmed.errors import CorruptFileError, EmptyInputError, ImageTooLargeError, RCMedError, UnsupportedFormatError
 from rcmed.io.dicom import DICOM_SUFFIXES, looks_like_dicom, read_dicom_file, read_dicom_series
 from rcmed.io.image import MedicalImage, Modality, parse_modality
 from rcmed.io.limits import DEFAULT_LIMITS, ReadLimits
@@ -32,6 +32,22 @@ def load(path: str | Path, modality: str | Modality | None = None, limits: ReadL
     """
     p = Path(path)
     mod = parse_modality(modality)
+    try:
+        image = _dispatch(p, mod, limits)
+    except RCMedError:
+        raise
+    except MemoryError:
+        raise ImageTooLargeError(p.name, "too large to decode in the memory available") from None
+    except RecursionError:
+        raise CorruptFileError(p.name, "cannot be read (nested too deeply)") from None
+    except Exception as err:  # noqa: BLE001 - a third-party reader's failure on a damaged file is an input error
+        # pydicom, tifffile, nibabel, Pillow, numpy and zlib raise dozens of exception types on damaged
+        # files (BytesLengthException, zlib.error, struct.error, KeyError, ...): one message naming the file
+        raise CorruptFileError(p.name, f"cannot be read: {type(err).__name__}: {str(err)[:200]}") from None
+    return image
+
+
+def _dispatch(p: Path, mod: Modality, limits: ReadLimits) -> MedicalImage:
     if not p.exists():
         raise EmptyInputError(p.name or str(p), "no such file or folder")
     if p.is_dir():

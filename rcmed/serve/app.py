@@ -30,6 +30,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile  # module level: Fa
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from rcmed.errors import ImageTooLargeError, LimitExceededError, RCMedError, RCMedInputError
+from rcmed.io.image import parse_modality
 from rcmed.io.limits import ReadLimits
 from rcmed.predictor import Answer, Predictor
 
@@ -201,9 +202,10 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
             raise RCMedInputError("file", "empty upload")
         return _extract_series(path, folder, cfg) if suffix == ".zip" else path
 
-    def _infer(path: Path, prompt: str, box: list[float] | None, with_masks: bool) -> dict[str, object]:
+    def _infer(path: Path, prompt: str, box: list[float] | None, with_masks: bool,
+               modality: str | None = None) -> dict[str, object]:
         with lock:
-            image = load(path, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384))
+            image = load(path, modality=modality, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384))
             if image.is_volume:
                 if box is not None:
                     raise RCMedInputError("box", "box prompts apply to 2-D images")
@@ -223,12 +225,15 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
                 data["slices"] = {"image_png": images, "overlay_png": overlays}
         return data
 
-    async def _handle(file: UploadFile, prompt: str, box: str | None, with_masks: bool):
+    async def _handle(file: UploadFile, prompt: str, box: str | None, with_masks: bool, modality: str | None = None):
         if not queue.try_enter():
             return _error(503, "inference queue full; retry later", {"Retry-After": "5"})
         try:
             if not prompt or not prompt.strip():
                 raise RCMedInputError("prompt", "empty prompt")
+            modality = (modality or "").strip() or None
+            if modality is not None:
+                parse_modality(modality)  # an unknown name is a 400 naming the valid ones
             box_v = None
             if box:
                 try:
@@ -240,7 +245,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
             with tempfile.TemporaryDirectory(prefix="rcmed-req-") as tmp:
                 path = await _save_upload(file, Path(tmp))
                 loop = asyncio.get_running_loop()
-                fut = loop.run_in_executor(queue.executor, _infer, path, prompt, box_v, with_masks)
+                fut = loop.run_in_executor(queue.executor, _infer, path, prompt, box_v, with_masks, modality)
                 try:
                     return await asyncio.wait_for(fut, timeout=cfg.timeout_s)
                 except asyncio.TimeoutError:
@@ -252,15 +257,17 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
             queue.leave()
 
     @app.post("/v1/segment")
-    async def segment(file: UploadFile = File(...), prompt: str = Form(...), box: str | None = Form(None)):
+    async def segment(file: UploadFile = File(...), prompt: str = Form(...), box: str | None = Form(None),
+                      modality: str | None = Form(None)):
         """Segment what the prompt names. Returns answer.json fields plus `mask_rle` per target
-        and `overlay_png` (base64)."""
-        return await _handle(file, prompt, box, with_masks=True)
+        and `overlay_png` (base64). `modality` (optional; "ct", "mri", ...): without it, a DICOM's own
+        tag is used, else the model recognises it."""
+        return await _handle(file, prompt, box, with_masks=True, modality=modality)
 
     @app.post("/v1/ask")
-    async def ask(file: UploadFile = File(...), prompt: str = Form(...)):
+    async def ask(file: UploadFile = File(...), prompt: str = Form(...), modality: str | None = Form(None)):
         """Ask about an image; returns the answer text and targets (no masks)."""
-        return await _handle(file, prompt, None, with_masks=False)
+        return await _handle(file, prompt, None, with_masks=False, modality=modality)
 
     page = (Path(__file__).parent / "static" / "index.html").read_text()
 

@@ -36,13 +36,14 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def _path(self, pixels: torch.Tensor) -> Path:
+    def path_of(self, pixels: torch.Tensor) -> Path:
+        """The entry of one image (3, S, S) (it may not exist yet)."""
         key = hashlib.sha1(pixels.detach().to(torch.float16).cpu().contiguous().numpy().tobytes()).hexdigest()
         return self.dir / f"{key}.safetensors"
 
     def features(self, pixel_values: torch.Tensor, encode) -> VisionFeatures:
         """Features of a batch (B, 3, S, S): cached ones read, the others encoded (in one batch) and stored."""
-        paths = [self._path(p) for p in pixel_values]
+        paths = [self.path_of(p) for p in pixel_values]
         found: dict[int, dict[str, torch.Tensor]] = {}
         for i, p in enumerate(paths):
             if p.is_file():

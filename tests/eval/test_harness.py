@@ -158,3 +158,24 @@ def test_per_dataset_table_with_component_box_oracle(tiny_trained, tmp_path):
     pres = rep.tables["presence"][0]
     assert pres["present_accuracy"] is not None
     assert (tmp_path / "ev" / "datasets.csv").is_file()
+
+
+def test_modality_recognition_is_scored_when_the_model_has_a_head(tiny_trained, store, tmp_path):
+    import shutil
+
+    import torch
+
+    from rcmed.model.modality import fit
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_trained, folder)
+    g = torch.Generator().manual_seed(0)
+    fit(torch.randn(4, 512, generator=g), ["ct", "ct", "mri", "mri"], epochs=5).save(folder)
+    rep = evaluate(folder, store, tmp_path / "ev", split="test", progress=False, describe=False)
+    rows = {r["dataset"]: r for r in rep.tables["recognition"]}
+    assert rows["all"]["images"] == 3 and len(rows) == 2
+    (dataset,) = set(rows) - {"all"}
+    assert 0.0 <= rows["all"]["accuracy"] <= 1.0 and rows[dataset]["modality"] == "ct"
+    wrong = rows["all"]["accuracy"] < 1
+    assert (rows["all"]["most_common_error"] == "mri") == wrong
+    assert (tmp_path / "ev" / "recognition.csv").is_file()

@@ -1,0 +1,283 @@
+"""Decoder stage: many passes of the mask decoder over real data, with the language model's states cached.
+
+Why a separate stage: on 2 CPU cores a full training step (the 30-layer language model forward and
+backward, two loop rounds) costs about 7 s for 4 examples, so an hour sees the 1,325 real training
+images about once, and the decoder, the part that draws the pixels and says present/absent, is far
+from converged (validation Dice 0.26 after 400 full steps). With the language model frozen, its
+hidden state at a target's `<region>` slot depends only on the image's visual tokens and the words
+before the slot ("Segment the liver." / "The liver <seg>"), so it is computed once per (image,
+phrasing) and stored. A decoder step then costs the decoder only, and the real training split can
+be seen many times. What trains here: the seg-query head (LM state -> decoder query) and the mask
+decoder (mask, box, IoU and presence heads); the encoder and the language model stay as they are.
+
+The closed loop's second round re-reads the predicted region with the language model, which this
+stage does not run; a model from this stage is therefore saved with `loop_rounds = 1`, and whether
+the loop's second round helps is a separate measurement (`rcmed.eval`'s `rcmed-no-loop` rows).
+
+Items (one target question of one image), tensors at the model input size S:
+    hidden (P, H) LM states of P phrasings; mask (S, S) bool or None (absent target).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from rcmed.data.store import ShardStream
+from rcmed.io.image import MedicalImage, parse_modality
+from rcmed.io.normalize import normalize
+from rcmed.model.losses import rcmed_loss
+from rcmed.model.processing import SEG, Example, box_from_mask, build_batch
+from rcmed.model.rcmed import RCMedModel
+from rcmed.model.vision import VisionFeatures
+from rcmed.postprocess import target_key
+from rcmed.train.feature_cache import FeatureCache
+
+ITEM_TASKS = ("segment_name", "absent")
+
+
+@dataclass
+class Item:
+    record: str
+    dataset: str
+    name: str
+    feature: str  # the image's feature-cache entry
+    hidden: torch.Tensor  # (P, H) LM state at the <region> slot, one row per phrasing
+    mask: torch.Tensor | None  # (S, S) bool in model-input pixels; None: the target is absent
+
+
+def dataset_of(record) -> str:
+    """The dataset a record comes from: its `source` (real stores), else the modality (phantoms)."""
+    return record.source or f"phantom-{record.modality}"
+
+
+def _record_examples(sample, rng: random.Random) -> list[tuple[str, list[Example]]]:
+    """Per single-target question of the record (segment_name for present targets and instances,
+    absent for known-absent names): its name and the example in up to two phrasings (the evaluation's
+    "Segment the X." and one drawn from the record's own phrasings). The image is normalised once."""
+    rec = sample.record
+    questions = [ex for ex in rec.examples if ex["task"] in ITEM_TASKS and len(ex["seg_targets"]) == 1]
+    if not questions:
+        return []
+    img = MedicalImage(array=sample.image, modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3)
+    x = normalize(img)
+    regions: list[np.ndarray | None] = list(sample.masks)
+    if sample.instances is not None and rec.instance_target:
+        regions.append(sample.instances > 0)
+    out = []
+    for ex in questions:
+        k = ex["seg_targets"][0]
+        mask = regions[k] if 0 <= k < len(regions) else None
+        prompts = dict.fromkeys([_canonical(ex), rng.choice(ex.get("prompts") or [ex["prompt"]])])
+        # the slot's state depends only on what comes before it (causal attention): the answer stops there
+        head = ex["answer"].split(SEG)[0] + SEG
+        out.append((_name_of(ex), [Example(x, p, head, [mask]) for p in prompts]))
+    return out
+
+
+def _canonical(ex: dict) -> str:
+    return f"Segment the {_name_of(ex)}."
+
+
+def _name_of(ex: dict) -> str:
+    """The target an example asks about, read from its answer ("The X <seg> ...", "Here are the N X <seg>")."""
+    head = ex["answer"].split("<seg>")[0].strip().rstrip(",")
+    words = head.split()
+    if words[:3] == ["Here", "are", "the"] and len(words) > 3 and words[3].isdigit():
+        return " ".join(words[4:])
+    if words and words[0] in {"The", "the"}:
+        return " ".join(words[1:])
+    return " ".join(words)
+
+
+@torch.inference_mode()
+def collect_items(model: RCMedModel, stores: list[str], split: str, cache: FeatureCache, seed: int = 0,
+                  limit: int | None = None, every: int = 1, log=print) -> list[Item]:
+    """Every single-target question of every record of `split` in `stores` (of one record in `every`,
+    by a fixed hash of its id), with the frozen LM's states at its `<region>` slot. Features are read
+    from (or written to) `cache`."""
+    model.eval()
+    size = model.config.vision.img_size
+    items: list[Item] = []
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    n = 0
+    for store in stores:
+        for sample in ShardStream(store, split=split, seed=seed, epoch=0, buffer=1):
+            if every > 1 and zlib.crc32(sample.record.id.encode()) % every:
+                continue
+            questions = _record_examples(sample, rng)
+            if not questions:
+                continue
+            flat = [e for _, exs in questions for e in exs]
+            batch = build_batch(model.processor, flat, size)
+            feats = cache.features(batch.pixel_values[:1], model.encode)
+            key = str(cache.path_of(batch.pixel_values[0]))
+            visual = model.visual_tokens(feats).expand(len(flat), -1, -1)
+            h = slot_states(model, model.embed(batch.input_ids, visual), batch.attention_mask)
+            b_idx, pos = model._slots(batch.input_ids)
+            states = h[b_idx, pos].float()
+            j = 0
+            for (name, exs) in questions:
+                first = j
+                j += len(exs)
+                m = batch.target_masks[first] if batch.presence[first] > 0 else None
+                items.append(Item(sample.record.id, dataset_of(sample.record), name, key, states[first:j].clone(),
+                                  None if m is None else m.bool()))
+            n += 1
+            if n % 100 == 0:
+                log(f"  {split}: {n} records, {len(items)} questions, {time.perf_counter() - t0:.0f} s")
+            if limit is not None and n >= limit:
+                break
+    return items
+
+
+def slot_states(model: RCMedModel, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The LM's last hidden states (B, L, H), as `run_lm(...).hidden_states[-1]`, without the vocabulary head."""
+    lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+    return lm.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+
+
+def _features(paths: list[str]) -> VisionFeatures:
+    """The embedding and finest level of cached images (all the decoder reads)."""
+    embs, fines = [], []
+    for p in paths:
+        with safe_open(p, "pt") as f:
+            embs.append(f.get_tensor("embedding"))
+            fines.append(f.get_tensor("level0"))
+    return VisionFeatures(levels=[torch.stack(fines).float()], embedding=torch.stack(embs).float())
+
+
+def _decode(model: RCMedModel, items: list[Item], rng: random.Random | None):
+    """One decoder pass over `items` (grouped by image). Returns the DecoderOutput and the items' order."""
+    paths = list(dict.fromkeys(it.feature for it in items))
+    index = {p: i for i, p in enumerate(paths)}
+    feats = _features(paths)
+    hidden = torch.stack([it.hidden[rng.randrange(len(it.hidden))] if rng else it.hidden[0] for it in items])
+    image_index = torch.tensor([index[it.feature] for it in items])
+    return model.decode(feats, model.seg_query(hidden), image_index)
+
+
+def _targets(items: list[Item], size: int):
+    masks = torch.stack([it.mask.float() if it.mask is not None else torch.zeros(size, size) for it in items])
+    has = torch.tensor([it.mask is not None and bool(it.mask.any()) for it in items])
+    boxes = torch.stack([box_from_mask(m) if h else torch.zeros(4) for m, h in zip(masks, has, strict=True)])
+    presence = torch.tensor([float(it.mask is not None) for it in items])
+    return masks, has, boxes, presence
+
+
+def record_weights(items: list[Item], power: float) -> tuple[list[str], list[float]]:
+    """Records and their draw weights: a record of a dataset with n records weighs n**-power (0: every
+    record alike; 1: every dataset alike)."""
+    per_record = {it.record: it.dataset for it in items}
+    count: dict[str, int] = defaultdict(int)
+    for d in per_record.values():
+        count[d] += 1
+    records = sorted(per_record)
+    return records, [count[per_record[r]] ** -power for r in records]
+
+
+@torch.inference_mode()
+def score(model: RCMedModel, items: list[Item], chunk: int = 16) -> list[dict[str, object]]:
+    """Per question: dataset, name, presence probability, truth, and Dice (at logit 0, model-input
+    pixels) of the mask when the target is present."""
+    model.eval()
+    rows = []
+    for i in range(0, len(items), chunk):
+        part = items[i:i + chunk]
+        out = _decode(model, part, None)
+        prob = torch.sigmoid(out.presence).tolist()
+        for it, p, logits in zip(part, prob, out.masks[:, 0], strict=True):
+            row = {"dataset": it.dataset, "name": it.name, "record": it.record, "presence": p, "present": it.mask is not None}
+            if it.mask is not None:
+                pred, true = logits > 0, it.mask
+                denom = int(pred.sum() + true.sum())
+                row["dice"] = 1.0 if denom == 0 else 2 * int((pred & true).sum()) / denom
+            rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict[str, object]], cuts: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Per dataset: words-alone Dice (a present target called absent scores 0), present and absent accuracy."""
+    cuts = cuts or {}
+    by: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        called = r["presence"] >= cuts.get(target_key(r["name"]), 0.5)
+        d = by[r["dataset"]]
+        if r["present"]:
+            d["dice"].append(r["dice"] if called else 0.0)
+            d["present"].append(float(called))
+        else:
+            d["absent"].append(float(not called))
+    return {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in sorted(by.items())}
+
+
+def mean_dice(summary: dict[str, dict[str, float]], real_only: bool = True) -> float:
+    vals = [s["dice"] for k, s in summary.items() if "dice" in s and not (real_only and k.startswith("phantom-"))]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def train_decoder(model: RCMedModel, train: list[Item], val: list[Item], out: Path, steps: int, *,
+                  records_per_step: int = 6, lr: float = 2e-4, warmup: int = 50, power: float = 0.75,
+                  eval_every: int = 250, seed: int = 0, log=print) -> dict[str, object]:
+    """Train the seg-query head and the mask decoder on cached items; keep the weights of the best
+    validation mean Dice (real datasets, words alone, presence at 0.5). Writes `out/metrics.csv`,
+    `out/val_history.json`; returns the best step and its validation summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    # Only these are optimised; the rest keep `requires_grad` as the model set it (so the saved
+    # trainable state is complete) but get no gradient: the cached states and features are leaves.
+    params = [p for p in [*model.seg_query.parameters(), *model.mask_decoder.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    by_record: dict[str, list[Item]] = defaultdict(list)
+    for it in train:
+        by_record[it.record].append(it)
+    records, weights = record_weights(train, power)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    size = model.config.vision.img_size
+    best: dict[str, object] = {"step": 0, "mean_dice": mean_dice(summarise(score(model, val))) if val else 0.0}
+    best_state = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    history = [{"step": 0, "mean_dice": best["mean_dice"]}]
+    log(f"decoder stage: {len(train)} train questions on {len(records)} images, {len(val)} val; step 0 val {best['mean_dice']:.4f}")
+    fh = open(out / "metrics.csv", "w")
+    fh.write("step,loss,mask_bce,mask_dice,presence,box_l1,iou,step_s\n")
+    for step in range(1, steps + 1):
+        model.train()
+        t0 = time.perf_counter()
+        items = [it for r in rng.choices(records, weights, k=records_per_step) for it in by_record[r]]
+        dec = _decode(model, items, rng)
+        masks, has, boxes, presence = _targets(items, size)
+        parts = rcmed_loss([{"masks": dec.masks[:, 0], "box": dec.box, "presence": dec.presence, "iou": dec.iou[:, 0]}],
+                           torch.zeros(()), masks, has, boxes, presence, None, model.config.losses)
+        opt.zero_grad()
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        fh.write(f"{step},{float(parts['loss']):.5f},{float(parts['mask_bce']):.5f},{float(parts['mask_dice']):.5f},"
+                 f"{float(parts['presence']):.5f},{float(parts['box_l1']):.5f},{float(parts['iou']):.5f},"
+                 f"{time.perf_counter() - t0:.3f}\n")
+        fh.flush()
+        if val and (step % eval_every == 0 or step == steps):
+            summary = summarise(score(model, val))
+            md = mean_dice(summary)
+            history.append({"step": step, "mean_dice": md, "datasets": summary})
+            log(f"  step {step}: val mean Dice {md:.4f} (best {best['mean_dice']:.4f} at {best['step']})")
+            if md > best["mean_dice"]:
+                best = {"step": step, "mean_dice": md, "datasets": summary}
+                best_state = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+            (out / "val_history.json").write_text(json.dumps(history, indent=1))
+    fh.close()
+    model.load_trainable(best_state)
+    return best
