@@ -4,6 +4,7 @@ one mask per target (PNG for 2-D, NIfTI or DICOM-SEG for volumes) and `answer.js
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -38,24 +39,45 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "target"
 
 
+def check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be one before any work is done: an existing file, a path
+    under a file, or a folder that cannot be written."""
+    for p in [out, *out.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise RCMedInputError("--out", f"{p} is a file, not a folder; give a folder for the results")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise RCMedInputError("--out", f"cannot write into {p} (permission denied)")
+            return
+
+
+def make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RCMedInputError("--out", f"cannot create {out}: {err.strerror or err}") from None
+
+
 def segment_file(predictor: Predictor, path: Path, prompt: str, out: Path, *, modality: str | None = None,
                  boxes: list[list[float]] | None = None, fmt: str = "auto") -> tuple[Answer, dict[str, object]]:
-    """Answer `prompt` about the file at `path`; write results into `out`; return (answer, answer.json)."""
+    """Answer `prompt` about the file at `path`; write results into `out`; return (answer, answer.json).
+    The folder is checked first and created only once there is an answer to write (a failed run leaves none)."""
+    check_out(out)
     image = load(path, modality=modality)
-    out.mkdir(parents=True, exist_ok=True)
     if image.is_volume:
         if boxes is not None:
             raise RCMedInputError("--box", "box prompts apply to 2-D images; crop the volume or omit --box")
-        answer = predictor.predict_volume(image, prompt)
         fmt = ("dicom-seg" if image.metadata.get("format") == "dicom" else "nifti") if fmt == "auto" else fmt
+        if fmt not in ("nifti", "dicom-seg"):
+            raise RCMedInputError("--format", f"volumes are written as nifti or dicom-seg, not {fmt!r}")
+        answer = predictor.predict_volume(image, prompt)
+        make_out(out)
         files: list[str | None] = []
         present = [(t, t.mask) for t in answer.targets if t.mask is not None]
         if fmt == "dicom-seg" and present:
             write_dicom_seg(out / "seg.dcm", {t.name: m for t, m in present}, image)
             files = ["seg.dcm" if t.mask is not None else None for t in answer.targets]
         else:
-            if fmt not in ("nifti", "dicom-seg"):
-                raise RCMedInputError("--format", f"volumes are written as nifti or dicom-seg, not {fmt!r}")
             for k, t in enumerate(answer.targets):
                 if t.mask is None:
                     files.append(None)
@@ -72,6 +94,7 @@ def segment_file(predictor: Predictor, path: Path, prompt: str, out: Path, *, mo
             raise RCMedInputError("--format", f"2-D masks are written as png, not {fmt!r}")
         predictor.set_image(image)
         answer = predictor.predict(prompt, boxes=boxes)
+        make_out(out)
         files = []
         for k, t in enumerate(answer.targets):
             if t.mask is None:
@@ -106,6 +129,8 @@ def describe_file(predictor: Predictor, path: Path, targets: list[str], out: Pat
     if not targets:
         raise RCMedInputError("--target", "name what to look for (--target NAME); this model lists no known "
                               "targets for the image's modality")
+    if out is not None:
+        check_out(out)
     image = load(path, modality=modality)
     if image.is_volume:
         raise RCMedInputError(path.name, "is a volume; describe one slice (save it as 2-D) or use rcmed segment")
@@ -123,7 +148,7 @@ def describe_file(predictor: Predictor, path: Path, targets: list[str], out: Pat
                     spacing=image.spacing if image.spacing else None,
                     orientation=image.orientation)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        make_out(out)
         for k, (name, t) in enumerate(present):
             write_mask_png(out / f"mask_{k}_{_safe(name)}.png", t.mask)
         write_overlay_png(out / "overlay.png", image, [t.mask for _, t in present])

@@ -359,6 +359,7 @@ def evaluate_default() -> None:
 # ---------------------------------------------------------------- real images (shared/realdata)
 REALDATA = ROOT.parent / "shared" / "realdata"  # override with RCMED_REALDATA; never copied into the project
 REAL_RUNS = ("real1",)  # continued from the shipped phantom model on real train splits + phantoms
+SHIPPED_REAL = "real2"  # the run `export_real` ships: real1's model after the decoder stage (`real2`)
 REAL_VAL_PER_DATASET = 5  # validation records asked per dataset when models are compared (`realval`)
 REAL_TEST_PER_DATASET = 10  # test records per dataset in the one scoring of a shipped model (`realtest`)
 UNET_BUDGET_S = 1800.0  # seconds (one thread) for the U-Net reference on the real train splits (`realunet`)
@@ -406,9 +407,17 @@ def export_real() -> None:
     from rcmed.train.trainer import plot_losses, write_targets
 
     os.chdir(ROOT)
-    run = RUNS / f"default-{REAL_RUNS[-1]}"
+    run = RUNS / f"default-{SHIPPED_REAL}"
     for f in ("config.json", "model.safetensors"):
         shutil.copy2(run / "model" / f, WEIGHTS / f)
+    for f in ("modality.safetensors", "modality_val.json"):  # the modality head (`modality` step), when there is one
+        if (run / "model" / f).is_file():
+            shutil.copy2(run / "model" / f, WEIGHTS / f if f.endswith(".safetensors") else WEIGHTS / "eval" / f)
+    if (run / "val_summary.json").is_file():  # the decoder stage's validation record
+        (WEIGHTS / "eval").mkdir(exist_ok=True)
+        for f in ("val_summary.json", "val_history.json"):
+            shutil.copy2(run / f, WEIGHTS / "eval" / f"{SHIPPED_REAL}_{f}")
+        shutil.copy2(run / "metrics.csv", WEIGHTS / f"{SHIPPED_REAL}_metrics.csv")
     cfg = TrainConfig.load(run / "train.json")
     old = json.loads((WEIGHTS / "targets.json").read_text())
     write_targets(cfg, WEIGHTS / "targets.json")
@@ -612,15 +621,18 @@ def realtest() -> None:
     _print_datasets(rep.tables["datasets"])
     shipped = WEIGHTS / "eval"
     shipped.mkdir(exist_ok=True)
-    for name in ("datasets.csv", "presence.csv", "report.md"):
-        shutil.copy2(out / name, shipped / f"real_test_{name}")
+    for name in ("datasets.csv", "presence.csv", "report.md", "recognition.csv"):
+        if (out / name).is_file():
+            shutil.copy2(out / name, shipped / f"real_test_{name}")
     from rcmed.predictor import _model_sha
 
     ours = [r["dice"] for r in rep.tables["datasets"] if r["method"] == "rcmed"]
     entry = {"sha256": _model_sha(WEIGHTS), "shipped": True, "mean_dice": round(float(np.mean(ours)), 4),
              "date": time.strftime("%Y-%m-%d"), "records_per_dataset": REAL_TEST_PER_DATASET}
-    with open(shipped / "real_test_log.jsonl", "a", encoding="utf-8") as fh:  # every model scored stays listed
-        fh.write(json.dumps(entry) + "\n")
+    log = shipped / "real_test_log.jsonl"  # every model scored stays listed; only the latest one ships
+    earlier = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    lines = [json.dumps({**e, "shipped": False}) for e in earlier] + [json.dumps(entry)]
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def worst_cases(run: Path = RUNS / "real-test", store: Path = DATA / "real-built") -> None:

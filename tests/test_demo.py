@@ -59,3 +59,15 @@ def test_demo_shows_real_images_that_packages_ship_without_scoring_them(tmp_path
     assert (tmp_path / "out" / "real_fundus_skimage" / "overlay.png").is_file()
     assert missing.answer.startswith("skipped") and not missing.targets
     assert "(no expert mask)" in (tmp_path / "out" / "summary.md").read_text() or not shown.targets
+
+
+def test_loading_the_default_model_prints_nothing(capfd):
+    import warnings
+
+    from rcmed.predictor import Predictor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # what a user's plain `python` shows
+        Predictor.from_pretrained("default")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)

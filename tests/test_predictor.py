@@ -152,6 +152,29 @@ def test_cli_segment_errors_are_one_line(tmp_path):
     assert res.exit_code == 2 and "x.png" in res.output and "Traceback" not in res.output
 
 
+def test_cli_bad_out_folders_are_one_line_and_leave_nothing(tiny_trained, tmp_path):
+    import os
+
+    ph = synth("ct", 2, size=64)
+    Image.fromarray((ph.masks["liver"] * 255).astype(np.uint8)).save(tmp_path / "ct.png")
+    (tmp_path / "afile").write_text("keep me")
+    for out, expected in ((tmp_path / "afile", "is a file, not a folder"), (tmp_path / "afile" / "sub", "is a file")):
+        res = runner.invoke(app, ["segment", str(tmp_path / "ct.png"), "Segment the liver.", "--model", str(tiny_trained),
+                                  "--out", str(out), "-m", "ct"])
+        assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output, res.output
+    assert (tmp_path / "afile").read_text() == "keep me"
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        res = runner.invoke(app, ["segment", str(tmp_path / "ct.png"), "Segment the liver.", "--model", str(tiny_trained),
+                                  "--out", str(locked / "o"), "-m", "ct"])
+        assert res.exit_code == 2 and "permission denied" in res.output
+    # a run that fails on its input leaves no empty output folder behind
+    res = runner.invoke(app, ["segment", str(tmp_path / "missing.png"), "Segment the liver.", "--model", str(tiny_trained),
+                              "--out", str(tmp_path / "never"), "-m", "ct"])
+    assert res.exit_code == 2 and not (tmp_path / "never").exists()
+
+
 def test_cli_batch_folder_and_describe(tiny_trained, tmp_path):
     from rcmed.io.normalize import normalize
 

@@ -8,6 +8,8 @@ value is a local Hugging Face model folder (Llama, Qwen2, Phi, ...).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,11 +52,33 @@ def build_language_model(cfg: RCMedConfig) -> tuple[nn.Module, object]:
         folder = smollm2_folder()
     else:
         folder = Path(cfg.lm)
-    tok = AutoTokenizer.from_pretrained(folder)
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    added = tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if added:
-        lm.resize_token_embeddings(len(tok))
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(folder)
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        added = tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        if added:
+            lm.resize_token_embeddings(len(tok))
     return lm, tok
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence what transformers and peft print while the model is built (a weight-loading progress bar,
+    the note on how new token rows are initialised, deprecation notices of their own internals): none
+    of it is actionable by a user, and it hid real messages. Errors still raise; other warnings pass."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.|peft\.")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

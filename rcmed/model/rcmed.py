@@ -106,8 +106,11 @@ class RCMedModel(nn.Module):
         if cfg.lora_rank > 0:
             from peft import LoraConfig, get_peft_model
 
-            self.lm = get_peft_model(self.lm, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
-                                                         target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+            from rcmed.model.language import quiet_transformers
+
+            with quiet_transformers():
+                self.lm = get_peft_model(self.lm, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
+                                                             target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
             self.lm.get_input_embeddings().weight.requires_grad_(True)
 
     # ------------------------------------------------------------------ pieces

@@ -69,3 +69,21 @@ def test_dicom_seg_references_the_source_series(ct_series, tmp_path):
 def test_dicom_seg_needs_a_dicom_source(tmp_path):
     with pytest.raises(RCMedInputError, match="needs a source image read from DICOM"):
         write_dicom_seg(tmp_path / "s.dcm", {"x": np.zeros((4, 4), bool)}, MedicalImage(array=np.zeros((4, 4))))
+
+
+def test_result_files_get_the_usual_mode_not_0600(tmp_path):
+    import os
+    import stat
+
+    from rcmed.io.atomic import atomic_dir, atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "answer.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "out") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "answer.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
