@@ -461,6 +461,10 @@ class Predictor:
             doc["text_amended_for"] = list(answer.amended)
         if answer.modality is not None:
             doc["modality"] = dict(answer.modality)
+        reduced = self._image.metadata.get("downsampled_from") if self._image is not None else None
+        if reduced and answer.targets is not None:  # a huge 2-D image was reduced on read (`ReadLimits.max_2d_side`)
+            doc["downsampled_from"] = list(reduced)
+            doc["mask_shape"] = list(self._image.spatial_shape)
         doc["known"] = not answer.unknown
         if answer.unknown or answer.off_modality:
             doc["not_trained_for"] = [*answer.unknown, *answer.off_modality]

@@ -19,6 +19,12 @@ class ReadLimits:
 
     max_voxels: int = 2**30
     max_side: int = 65536
+    # A 2-D image with a side above this is reduced on read by the smallest integer factor that brings it
+    # under (box filter): the model works at 256 px, so 4096 keeps 16x its detail, and an 8192^2 PNG of
+    # 65 KB no longer becomes gigabytes of float copies downstream. The answer says it was reduced.
+    max_2d_side: int = 4096
+    # decoded bytes a single array may take (checked from the header where the format announces a dtype)
+    max_bytes: int = 2**31
 
 
 DEFAULT_LIMITS = ReadLimits()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcmed.errors import CorruptFileError, RCMedInputError, ShapeMismatchError
+from rcmed.errors import CorruptFileError, ImageTooLargeError, RCMedInputError, ShapeMismatchError
 from rcmed.io.image import MedicalImage, Modality, affine_from_spacing, parse_modality
 from rcmed.io.limits import ReadLimits, check_finite, check_shape
 
@@ -44,10 +44,17 @@ def _read_member(zf: zipfile.ZipFile, name: str, limits: ReadLimits, path: Path)
         shape, fortran, dtype = reader(fh)
         if shape:
             check_shape(path, tuple(int(s) for s in shape), limits)
+        count = int(np.prod(shape)) if shape else 1
+        if count * dtype.itemsize > limits.max_bytes:
+            raise ImageTooLargeError(path.name, f"array {name!r} announces {count * dtype.itemsize:,} bytes, over the "
+                                                f"limit of {limits.max_bytes:,}; crop or downsample it first")
         if dtype.hasobject:
-            return _SafeUnpickler(io.BytesIO(fh.read())).load()
-        data = np.frombuffer(fh.read(), dtype=dtype)
-    count = int(np.prod(shape)) if shape else 1
+            return _SafeUnpickler(io.BytesIO(fh.read(1 << 20))).load()  # text prompts: small
+        # never inflate more than the header announced (a lying header is a damaged file, not a bigger array)
+        raw = fh.read(count * dtype.itemsize + 1)
+        if len(raw) > count * dtype.itemsize:
+            raise CorruptFileError(path.name, f"array {name!r} holds more data than its header announces")
+        data = np.frombuffer(raw, dtype=dtype)
     if data.size != count:
         raise CorruptFileError(path.name, f"array {name!r} is truncated ({data.size} of {count} values)")
     return data.reshape(shape, order="F" if fortran else "C")

@@ -30,6 +30,9 @@ def read_pil(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImage
             w, h = im.size
             bands = len(im.getbands())
             check_shape(path, (h, w) if bands == 1 else (h, w, bands), limits)
+            factor = -(-max(h, w) // limits.max_2d_side)  # ceil
+            if factor > 1 and im.format == "JPEG":
+                im.draft(im.mode, (w // factor, h // factor))  # JPEG decodes at 1/2, 1/4, 1/8 scale directly
             if im.mode in ("P", "PA"):
                 im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
             elif im.mode in ("LA",):
@@ -38,6 +41,8 @@ def read_pil(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImage
                 im = im.convert("RGB")
             elif im.mode == "1":
                 im = im.convert("L")
+            if factor > 1:
+                im = _reduce(im, -(-max(im.size) // limits.max_2d_side))
             arr = np.asarray(im)
             if im.mode == "I":
                 arr = arr.astype(np.int32)
@@ -51,14 +56,30 @@ def read_pil(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImage
     if rgb and arr.shape[-1] == 4 and np.all(arr[..., 3] == 255):
         arr = arr[..., :3]
     # PNG/JPEG resolution fields are display DPI (often a default 72), not a physical pixel size.
+    meta: dict[str, object] = {"format": path.suffix.lstrip(".").lower()}
+    if arr.shape[:2] != (h, w):
+        meta["downsampled_from"] = [h, w]
     return MedicalImage(
         array=np.ascontiguousarray(arr),
         affine=affine_from_spacing(None, 2),
         modality=modality,
         rgb=rgb,
-        metadata={"format": path.suffix.lstrip(".").lower()},
+        metadata=meta,
         source_files=(path,),
     )
+
+
+def _reduce(im, factor: int):
+    """Pillow image reduced by an integer factor (box filter; every mode Pillow can reduce, else every
+    factor-th pixel)."""
+    if factor <= 1:
+        return im
+    try:
+        return im.reduce(factor)
+    except (ValueError, NotImplementedError):
+        from PIL import Image
+
+        return Image.fromarray(np.asarray(im)[::factor, ::factor])
 
 
 def _tiff_spacing(tif: "object", ndim_spatial: int) -> tuple[float, ...] | None:
@@ -103,14 +124,25 @@ def read_tiff(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImag
             series = tif.series[0]
             shape = tuple(int(s) for s in series.shape)
             check_shape(path, shape, limits)
-            arr = series.asarray()
             axes = series.axes
+            full_hw = shape[:2] if axes in ("YX", "YXS") else None
+            if full_hw is not None and max(full_hw) > limits.max_2d_side:
+                # a pyramidal TIFF (whole-slide images) holds smaller levels: read the largest one that fits
+                levels = list(getattr(series, "levels", None) or [series])
+                fits = [lv for lv in levels if max(int(v) for v in lv.shape[:2]) <= limits.max_2d_side]
+                series = fits[0] if fits else levels[-1]
+            arr = series.asarray()
+            if full_hw is not None and max(arr.shape[:2]) > limits.max_2d_side:
+                f = -(-max(arr.shape[:2]) // limits.max_2d_side)
+                arr = np.ascontiguousarray(arr[::f, ::f])  # every f-th pixel: no full-size float copies
             rgb = axes.endswith("S") and shape[-1] in (3, 4)
             spatial = arr.ndim - (1 if rgb else 0)
             if spatial > 3:
                 arr = arr.reshape((-1, *arr.shape[-(3 if rgb else 2):]))
                 spatial = 3
             spacing = _tiff_spacing(tif, spatial)
+            if full_hw is not None and arr.shape[:2] != full_hw and spacing is not None:
+                spacing = (spacing[0] * full_hw[0] / arr.shape[0], spacing[1] * full_hw[1] / arr.shape[1])
     except RCMedInputError:
         raise
     except (ValueError, OSError, KeyError, IndexError) as exc:
@@ -122,6 +154,7 @@ def read_tiff(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImag
         modality=modality,
         rgb=bool(rgb),
         spacing_known=spacing is not None,
-        metadata={"format": "tiff", "axes": axes},
+        metadata={"format": "tiff", "axes": axes,
+                  **({"downsampled_from": list(full_hw)} if full_hw is not None and arr.shape[:2] != full_hw else {})},
         source_files=(path,),
     )

@@ -205,7 +205,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
     def _infer(path: Path, prompt: str, box: list[float] | None, with_masks: bool,
                modality: str | None = None) -> dict[str, object]:
         with lock:
-            image = load(path, modality=modality, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384))
+            image = load(path, modality=modality, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384,
+                                                                   max_bytes=cfg.max_pixels * 4))
             if image.is_volume:
                 if box is not None:
                     raise RCMedInputError("box", "box prompts apply to 2-D images")

@@ -65,3 +65,23 @@ def test_npz_not_a_zip(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(CorruptFileError, match="bad.npz: not a readable .npz"):
         load(tmp_path / "bad.npz")
+
+
+def test_npz_bomb_is_refused_before_inflating(tmp_path):
+    import zipfile
+
+    from rcmed.errors import ImageTooLargeError
+    from rcmed.io.limits import ReadLimits
+
+    # 64 MB of zeros compress to a few tens of KB; the header is honest, the size is the problem
+    np.savez_compressed(tmp_path / "CT_bomb.npz", imgs=np.zeros((64, 1024, 1024), np.uint8))
+    assert (tmp_path / "CT_bomb.npz").stat().st_size < 1_000_000
+    with pytest.raises(ImageTooLargeError, match="announces 67,108,864 bytes"):
+        load(tmp_path / "CT_bomb.npz", limits=ReadLimits(max_bytes=16 * 2**20))
+    # a header announcing less than the member holds is a damaged file, read no further than announced
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (2, 4, 4)})
+    with zipfile.ZipFile(tmp_path / "CT_lie.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("imgs.npy", b"\x93NUMPY" + bytes([1, 0]) + header.getvalue()[8:] + bytes(10_000_000))
+    with pytest.raises(CorruptFileError, match="more data than its header announces"):
+        load(tmp_path / "CT_lie.npz")

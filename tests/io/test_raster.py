@@ -113,3 +113,27 @@ def test_reading_leaves_pillows_global_guard_as_it_was(tmp_path):
     with pytest.raises(ImageTooLargeError):
         load(tmp_path / "huge.png")
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_huge_legal_images_are_reduced_on_read_not_inflated(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from rcmed.io.limits import ReadLimits
+    from rcmed.io.readers import load
+
+    limits = ReadLimits(max_2d_side=1000)
+    big = np.zeros((2500, 1800), np.uint8)
+    big[1000:1500, 500:900] = 200
+    Image.fromarray(big).save(tmp_path / "big.png")
+    img = load(tmp_path / "big.png", limits=limits)
+    assert img.array.shape == (834, 600) and img.metadata["downsampled_from"] == [2500, 1800]
+    assert img.array[400, 240] == 200 and img.array[10, 10] == 0  # a box-filtered copy, not noise
+    Image.fromarray(np.stack([big] * 3, -1)).save(tmp_path / "big.jpg", quality=90)
+    assert max(load(tmp_path / "big.jpg", limits=limits).array.shape[:2]) <= 1000
+    tifffile.imwrite(tmp_path / "big.tif", big, resolution=(100.0, 100.0), resolutionunit=3)  # 0.1 mm pixels
+    t = load(tmp_path / "big.tif", limits=limits)
+    assert t.array.shape == (834, 600) and t.metadata["downsampled_from"] == [2500, 1800]
+    assert t.spacing == pytest.approx((0.1 * 2500 / 834, 0.1 * 1800 / 600))
+    small = load(tmp_path / "big.png")  # under the default limit: untouched
+    assert small.array.shape == (2500, 1800) and "downsampled_from" not in small.metadata
