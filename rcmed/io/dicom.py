@@ -17,6 +17,7 @@ import numpy as np
 from rcmed.errors import (
     CorruptFileError,
     EmptyInputError,
+    ImageTooLargeError,
     MixedSeriesError,
     RCMedInputError,
     UnsupportedFormatError,
@@ -30,16 +31,66 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
 
 
-def _dcmread(path: Path, header_only: bool):
+def _dcmread(path: Path, header_only: bool, max_bytes: int = 2**31):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=header_only)
+        _check_deflated(path, max_bytes)
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=header_only)
+        except InvalidDicomError:
+            if path.suffix.lower() not in DICOM_SUFFIXES:
+                raise
+            # a .dcm without the 128-byte preamble and DICM magic (older exports): read it as a bare dataset;
+            # one without pixel data or image attributes is refused further on
+            ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
+            if "SOPClassUID" not in ds and "Rows" not in ds:
+                raise
+            if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):  # without a file meta: the encoding read
+                from pydicom.dataset import FileMetaDataset
+                from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+                implicit, little = ds.original_encoding
+                ds.file_meta = FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+            return ds
     except InvalidDicomError:
         raise UnsupportedFormatError(path.name, "not a DICOM file (no DICM preamble)") from None
+    except RCMedInputError:
+        raise
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptFileError(path.name, f"cannot parse DICOM header ({exc.__class__.__name__})") from None
+
+
+def _check_deflated(path: Path, max_bytes: int) -> None:
+    """A DICOM in the Deflated transfer syntax is one zlib stream that pydicom inflates whole before any
+    header can be checked: count its inflated size first, in bounded chunks, and refuse it over `max_bytes`
+    (a 1 MB file can hold gigabytes of zeros)."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    with open(path, "rb") as fp:
+        if fp.read(132)[128:] != b"DICM":
+            return
+        fp.seek(0)
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return
+        d = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        while chunk := fp.read(1 << 20):
+            buf = chunk
+            while buf:
+                total += len(d.decompress(buf, 1 << 22))
+                if total > max_bytes:
+                    raise ImageTooLargeError(path.name, f"deflated DICOM inflates to more than {max_bytes:,} bytes; "
+                                                        "refused before decoding")
+                buf = d.unconsumed_tail
 
 
 def looks_like_dicom(path: Path) -> bool:
@@ -152,7 +203,7 @@ def _modality(ds, override: Modality) -> Modality:
 
 def read_dicom_file(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImage:
     """One DICOM file -> (H, W), (H, W, 3) or, multi-frame, (F, H, W)."""
-    ds = _dcmread(path, header_only=False)
+    ds = _dcmread(path, header_only=False, max_bytes=limits.max_bytes)
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     frames = _frames(ds)
@@ -195,7 +246,7 @@ def read_dicom_series(folder: Path, modality: Modality, limits: ReadLimits) -> M
     for p in _candidate_files(folder):
         if not looks_like_dicom(p):
             continue
-        ds = _dcmread(p, header_only=True)
+        ds = _dcmread(p, header_only=True, max_bytes=limits.max_bytes)
         if str(getattr(ds, "Modality", "")) in _NON_IMAGE_MODALITIES:
             continue
         headers.append((p, ds))
@@ -235,7 +286,7 @@ def read_dicom_series(folder: Path, modality: Modality, limits: ReadLimits) -> M
     gaps = np.diff(dist_sorted)
     if np.any(np.abs(gaps) < 1e-4):
         raise MixedSeriesError(folder.name, "two or more slices share one position (repeated acquisitions?); pass one series")
-    slices = [_pixels(_dcmread(headers[i][0], header_only=False), headers[i][0]) for i in order]
+    slices = [_pixels(_dcmread(headers[i][0], header_only=False, max_bytes=limits.max_bytes), headers[i][0]) for i in order]
     kinds = {s.dtype.kind for s in slices}
     dtype = np.float32 if "f" in kinds else np.result_type(*[s.dtype for s in slices])
     vol = np.stack([s.astype(dtype, copy=False) for s in slices])

@@ -14,6 +14,7 @@ from rcmed.errors import (
     EmptyInputError,
     ImageTooLargeError,
     MixedSeriesError,
+    UnsupportedFormatError,
     UnsupportedTransferSyntaxError,
 )
 from rcmed.io import Modality, load
@@ -118,3 +119,35 @@ def test_extensionless_dicom_is_detected(tmp_path):
     dst = tmp_path / "IM0001"
     shutil.copy(get_testdata_file("MR_small.dcm", download=False), dst)
     assert load(dst).modality is Modality.MRI
+
+
+def test_deflated_dicom_bomb_is_refused_before_pydicom_inflates_it(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from rcmed.io.limits import ReadLimits
+
+    pixels = np.zeros((1024, 1024), np.uint16)  # 2 MB of zeros: a few KB deflated
+    path = write_ct_slice(tmp_path / "deflated.dcm", pixels, 0.0, generate_uid(), generate_uid(),
+                          transfer_syntax=DeflatedExplicitVRLittleEndian)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ImageTooLargeError, match="deflated DICOM inflates to more than 1,000,000 bytes"):
+        load(path, limits=ReadLimits(max_bytes=1_000_000))
+    assert load(path).array.shape == (1024, 1024)  # under the default limit it reads as before
+
+
+def test_dicom_without_preamble_is_read_when_it_is_an_image(tmp_path):
+    src = get_testdata_file("CT_small.dcm", download=False)
+    ds = pydicom.dcmread(src)
+    bare = tmp_path / "bare.dcm"
+    ds.save_as(bare, enforce_file_format=False, implicit_vr=ds.is_implicit_VR, little_endian=ds.is_little_endian)
+    with open(bare, "rb") as fh:
+        head = fh.read(132)
+    if head[128:] == b"DICM":  # strip the preamble and file meta as old exports lack them
+        raw = pydicom.filebase.DicomBytesIO()
+        pydicom.filewriter.write_dataset(raw, ds)
+        bare.write_bytes(raw.getvalue())
+    img = load(bare)
+    assert img.array.shape == (128, 128) and img.modality is Modality.CT
+    (tmp_path / "text.dcm").write_bytes(b"hello, not a dicom at all" * 10)
+    with pytest.raises(UnsupportedFormatError, match="text.dcm: not a DICOM file"):
+        load(tmp_path / "text.dcm")
