@@ -2,7 +2,7 @@
 # images of several modalities)  and  `make test`.  `make pipeline` shows the data and training
 # pipeline on the bundled nnU-Net sample (convert, split, describe, build, synth, train tiny, segment).
 # Both create .venv and install everything on first use. TORCH_SPEC pins the CPU build of torch
-# that lies on this project's machines; elsewhere use e.g. `make demo TORCH_SPEC='torch>=2.3'`.
+# that lies on this project's machines; elsewhere use e.g. `make demo TORCH_SPEC='torch>=2.6'`.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -204,6 +204,9 @@ def _modality(ds, override: Modality) -> Modality:
 def read_dicom_file(path: Path, modality: Modality, limits: ReadLimits) -> MedicalImage:
     """One DICOM file -> (H, W), (H, W, 3) or, multi-frame, (F, H, W)."""
     ds = _dcmread(path, header_only=False, max_bytes=limits.max_bytes)
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        what = str(getattr(ds, "Modality", "") or "") or getattr(getattr(ds, "SOPClassUID", None), "name", "") or "object"
+        raise EmptyInputError(path.name, f"DICOM {what} holds no image (no pixel data); send an image series")
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     frames = _frames(ds)

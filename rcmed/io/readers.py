@@ -16,7 +16,7 @@ from rcmed.io.nifti import read_nifti
 from rcmed.io.npz import read_segfm
 from rcmed.io.raster import PIL_SUFFIXES, TIFF_SUFFIXES, read_pil, read_tiff
 
-SUPPORTED = ".png .jpg .jpeg .bmp .tif .tiff .dcm .nii .nii.gz .npz, or a DICOM series folder"
+SUPPORTED = ".png .jpg .jpeg .bmp .tif .tiff .dcm .nii .nii.gz .hdr/.img .mgz .npz, or a DICOM series folder"
 
 
 def load(path: str | Path, modality: str | Modality | None = None, limits: ReadLimits = DEFAULT_LIMITS) -> MedicalImage:
@@ -56,7 +56,7 @@ def _dispatch(p: Path, mod: Modality, limits: ReadLimits) -> MedicalImage:
         raise EmptyInputError(p.name, "file is empty (0 bytes)")
     name = p.name.lower()
     suffix = p.suffix.lower()
-    if name.endswith(".nii") or name.endswith(".nii.gz"):
+    if name.endswith((".nii", ".nii.gz", ".hdr", ".img", ".mgz", ".mgh")):
         return read_nifti(p, mod, limits)
     if suffix in PIL_SUFFIXES:
         return read_pil(p, mod, limits)
