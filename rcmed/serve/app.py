@@ -153,6 +153,55 @@ def _overlay_pngs(image, answer: Answer, max_slices: int = 64) -> tuple[list[str
     return ([png(paint(norm[k], [])) for k in picks], [png(paint(norm[k], [m[k] for m in mstacks], alpha=0.6)) for k in picks])
 
 
+class BodyLimit:
+    """ASGI middleware: counts request body bytes as they arrive and answers 413 once they pass `limit`,
+    whether or not a Content-Length was sent (chunked uploads). Starlette spools a multipart body to a
+    temporary file before the route runs, so the route's own cap would come after the whole body was
+    written to disk; this stops reading the stream instead (the app sees a disconnect, and whatever it
+    would answer to that is replaced by the 413)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        total = 0
+        state = {"over": False, "answered": False}
+
+        async def counted():
+            nonlocal total
+            if state["over"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > self.limit:
+                    state["over"] = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def answer_413():
+            if not state["answered"]:
+                state["answered"] = True
+                await JSONResponse({"error": f"request body over {self.limit:,} bytes; uploads are limited"},
+                                   status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+        async def guarded(message):
+            if state["over"]:
+                await answer_413()  # instead of the app's answer to the cut stream
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not state["over"]:
+                raise
+        if state["over"]:
+            await answer_413()
+
+
 def create_app(predictor: Predictor, settings: ServeSettings | None = None):
     """The FastAPI app around one loaded predictor."""
     from rcmed import __version__
@@ -163,6 +212,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
     lock = threading.Lock()  # the predictor holds one image at a time
     app = FastAPI(title="RCMed", version=__version__, description="Medical vision-language assistant: text + masks.")
     app.state.queue = queue
+    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes + 2**20)  # multipart overhead allowed
 
     def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
