@@ -282,6 +282,7 @@ class Predictor:
         # the same name twice is one structure, unless the caller gave one box per target
         targets = targets if boxes is not None and len(boxes) > 1 else first_of_each(targets)
         text, amended = agree_text(gen.text, targets)
+        text = grammar(text, [t.name for t in targets])
         return _with_modality(Answer(text=text, targets=targets, amended=amended), self.modality_info)
 
     def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None) -> dict[int, torch.Tensor]:
@@ -450,7 +451,7 @@ class Predictor:
                 presence=float(presence[t].max()), mask=m3 if present else None,
                 components=int(ndi.label(m3)[1]) if present else None, area_px=int(m3.sum()) if present else None,
                 volume_ml=float(m3.sum()) * voxel_ml if (present and voxel_ml is not None) else None))
-        return Answer(text=first.text, targets=first_of_each(targets))
+        return Answer(text=grammar(first.text, names), targets=first_of_each(targets))
 
     def answer_json(self, answer: Answer, mask_files: list[str | None] | None = None) -> dict[str, object]:
         """The public `answer.json` layout (see README)."""
@@ -533,6 +534,27 @@ def agree_text(text: str, targets: list[Target]) -> tuple[str, list[str]]:
         if text != before:
             amended.append(t.name)
     return text, amended
+
+
+_SINGULAR_ENDINGS = ("us", "ss", "is", "as", "ax", "ex")  # pancreas, thorax, fibrosis, ... are one thing
+
+
+def is_plural(name: str) -> bool:
+    """Whether a target name is grammatically plural ("glands", "nuclei", "ground glass opacities")."""
+    last = name.lower().split()[-1] if name.split() else ""
+    return last in {"nuclei", "cells", "bacteria", "data"} or (last.endswith("s") and not last.endswith(_SINGULAR_ENDINGS))
+
+
+def grammar(text: str, names: list[str]) -> str:
+    """Verb agreement for plural target names in the trained answer forms ("The glands is in ..." ->
+    "The glands are in ..."; "is not present" -> "are not present"); other text is left as written."""
+    for name in dict.fromkeys(names):
+        if not is_plural(name):
+            continue
+        n = re.escape(name)
+        text = re.sub(rf"\b(the {n}) is\b", r"\1 are", text, flags=re.IGNORECASE)
+        text = re.sub(rf"\b(the {n}) (?:<seg>\s*)?is\b", r"\1 are", text, flags=re.IGNORECASE)
+    return text
 
 
 def _check_prompt(prompt: str) -> str:

@@ -225,3 +225,19 @@ def test_point_prompts_and_instance_maps(predictor):
     assert t.instances.shape == t.mask.shape and t.instances.max() == t.components
     with pytest.raises(RCMedInputError, match="outside the 64x64 image"):
         predictor.predict("Segment the liver.", points=[[70, 5]])
+
+
+@pytest.mark.parametrize("text, names, expected", [
+    ("The glands is in the centre of the image.", ["glands"], "The glands are in the centre of the image."),
+    ("The ground glass opacities is not present in this image.", ["ground glass opacities"],
+     "The ground glass opacities are not present in this image."),
+    ("The nuclei is in the upper left of the image.", ["nuclei"], "The nuclei are in the upper left of the image."),
+    ("The liver is in the centre of the image.", ["liver"], "The liver is in the centre of the image."),
+    ("The pancreas is not present in this image.", ["pancreas"], "The pancreas is not present in this image."),
+    ("The airways is in the upper centre. The heart is here.", ["airways", "heart"],
+     "The airways are in the upper centre. The heart is here."),
+])
+def test_answer_grammar_for_plural_targets(text, names, expected):
+    from rcmed.predictor import grammar
+
+    assert grammar(text, names) == expected
