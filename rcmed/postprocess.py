@@ -30,6 +30,7 @@ from scipy import ndimage as ndi
 
 from rcmed.eval.metrics import dice
 from rcmed.tta import allowed
+from rcmed.vocabulary import target_key
 
 FILE = "postprocess.json"
 SPECK_FRACTION = 0.1  # a component under this share of the largest component's size is a speck
@@ -39,11 +40,6 @@ THRESHOLDS = tuple(np.arange(-3.0, 6.01, 0.5))  # candidate mask-logit cuts (sig
 # to LiteMedSAM's own decoder (as pretrained on about 1.5 M real medical masks); "both": the query and
 # that box together into our decoder.
 MASK_PATHS = ("query", "box", "both")
-
-
-def target_key(name: str) -> str:
-    """A target name as rules and answers compare it: lower case, single spaces."""
-    return " ".join(name.lower().split())
 
 
 def keep_largest(mask: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rcmed.eval.metrics import dice
+from rcmed.vocabulary import target_key
 
 VIEWS = ("", "h", "v", "hv")  # in `choose_flips`: the image alone, plus h, plus v, plus both mirrors
 _AXIS = {"h": -1, "v": -2}  # the axis of (..., H, W) logits each mirror reverses
@@ -63,7 +64,6 @@ def choose_flips(cases: list[tuple[str, dict[str, np.ndarray], np.ndarray]], min
     where a view is one of `VIEWS` (the mask from logits averaged over the image and those mirrors),
     the mirrors for each name: the allowed view of highest mean Dice if it beats the image alone by
     `min_gain` over `min_cases` cases or more. Returns ({name: flips}, {name: evidence})."""
-    from rcmed.postprocess import target_key  # (postprocess imports this module for `allowed`)
 
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for name, views, true in cases:

@@ -38,6 +38,11 @@ _TAIL = re.compile(r"\s+(?:in|on|of)\s+(?:this|the|these|that)\s+[\w\s-]*?(?:ima
 _ARTICLE = re.compile(r"^(?:the|a|an|any|all|all the|every)\s+", re.I)
 
 
+def target_key(name: str) -> str:
+    """A target name as rules and answers compare it: lower case, single spaces."""
+    return " ".join(name.lower().split())
+
+
 def norm(name: str) -> str:
     return " ".join(name.lower().replace("_", " ").split())
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from rcmed.model.config import SPECIAL_TOKENS
+from rcmed.model.vision import VisionFeatures
 
 SEG, REGION, IMAGE = "<seg>", "<region>", "<image>"
 
@@ -131,6 +132,22 @@ class Processor:
 
 
 @dataclass
+class Batch:
+    """Training batch. K = number of `<region>` slots in `input_ids`, in batch then position order.
+    target_masks (K, S, S) {0,1}; has_mask (K,) bool; target_boxes (K, 4) normalised; presence (K,) {0,1}."""
+
+    pixel_values: torch.Tensor
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    target_masks: torch.Tensor
+    has_mask: torch.Tensor
+    target_boxes: torch.Tensor
+    presence: torch.Tensor
+    features: VisionFeatures | None = None  # precomputed (cached) features of a frozen encoder
+
+
+@dataclass
 class Example:
     """One training example before batching: a normalised image, a prompt, an answer with one
     `<seg>` per target, and per target its source-pixel mask (None when absent) in `<seg>` order."""
@@ -142,9 +159,7 @@ class Example:
 
 
 def build_batch(processor: Processor, examples: list[Example], size: int):
-    """Examples -> `rcmed.model.rcmed.Batch` (images resized/padded to `size`)."""
-    from rcmed.model.rcmed import Batch
-
+    """Examples -> `Batch` (images resized/padded to `size`)."""
     pix, items, tmasks, has, boxes, presence = [], [], [], [], [], []
     for ex in examples:
         x, geom = prepare_image(ex.image, size)

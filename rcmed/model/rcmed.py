@@ -26,24 +26,8 @@ from rcmed.model.decoder import DecoderOutput
 from rcmed.model.language import build_language_model
 from rcmed.model.losses import rcmed_loss
 from rcmed.model.medsam import build_sam_parts, load_litemedsam_into
-from rcmed.model.processing import Processor
+from rcmed.model.processing import Batch, Processor  # Batch: re-exported, defined beside build_batch
 from rcmed.model.vision import VisionFeatures
-
-
-@dataclass
-class Batch:
-    """Training batch. K = number of `<region>` slots in `input_ids`, in batch then position order.
-    target_masks (K, S, S) {0,1}; has_mask (K,) bool; target_boxes (K, 4) normalised; presence (K,) {0,1}."""
-
-    pixel_values: torch.Tensor
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    attention_mask: torch.Tensor
-    target_masks: torch.Tensor
-    has_mask: torch.Tensor
-    target_boxes: torch.Tensor
-    presence: torch.Tensor
-    features: VisionFeatures | None = None  # precomputed (cached) features of a frozen encoder
 
 
 @dataclass
