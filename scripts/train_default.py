@@ -32,7 +32,11 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
     python scripts/train_default.py maskpath     # presence cut and mask path per target from realval's answers
                                                  # -> runs/default-real1/model/postprocess.json (shipped by export_real)
     python scripts/train_default.py realval --models runs/default-real1/model --tag rules  # the same records, rules on
-    python scripts/train_default.py export_real  # runs/default-real1/model -> rcmed/weights/default/
+    python scripts/train_default.py real2        # decoder stage on real1's model (LM states cached, many passes),
+                                                 # best validation step and presence cuts -> runs/default-real2/model
+    python scripts/train_default.py modality     # the modality head on the train splits, scored on validation
+                                                 # -> runs/default-real2/model/modality.safetensors
+    python scripts/train_default.py export_real  # runs/default-real2/model -> rcmed/weights/default/
     python scripts/train_default.py realtest     # the one scoring of the shipped model on the test splits
     python scripts/train_default.py phantomcheck # phantom quality of the shipped model, fresh seed, once
     python scripts/train_default.py worst        # worst test case per dataset, painted (not committed)
@@ -516,6 +520,7 @@ def modality(folder: Path = RUNS / "default-real2" / "model") -> None:
     cache = FeatureCache(DATA / "feature-cache", model.image_encoder)
 
     def split(name: str, as_unknown: bool = False):
+        # (the phantom store is all train: the validation figures are the real datasets')
         a = collect_pooled(model, [str(DATA / "real-built")], name, cache, as_unknown=as_unknown)
         b = collect_pooled(model, [str(DATA / "phantoms-11-built")], name, cache, as_unknown=as_unknown,
                            every=REAL2_PHANTOM_EVERY)

@@ -353,7 +353,9 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                 row = {"record": rec.id, "case": rec.case_id, "source": rec.source, "modality": rec.modality,
                        "body_region": rec.body_region,
                        "target": name, "task": "segment", "present": present, "presence": round(p, 4), "called": called,
-                       "answer": answer.text}
+                       "answer": answer.text,
+                       # answered "not trained for this" by the vocabulary (never taught, or only on other modalities)
+                       "refused": bool(answer.unknown or answer.off_modality)}
                 registry[(rec.modality, rec.body_region, name, "presence")].append(float(called == present))
                 if present:
                     tb, pb = mask_box(true), mask_box(pred)
@@ -531,7 +533,7 @@ def _dataset_table(pooled, sources: dict[tuple[str, str], str], cases_path: Path
             if row.get("task") != "segment":
                 continue
             src = row["source"] or row["modality"]
-            pres[src].append((bool(row["present"]), row["called"]))
+            pres[src].append((bool(row["present"]), row["called"], bool(row.get("refused"))))
             if "aji" in row:
                 inst[src].append((row["f1_50"], row["aji"]))
     out = []
@@ -540,10 +542,14 @@ def _dataset_table(pooled, sources: dict[tuple[str, str], str], cases_path: Path
         r: dict[str, object] = {"dataset": src, "method": method, "case_targets": len(vals),
                                 "dice": round(float(np.mean(vals)), 4), "dice_ci_low": round(lo, 4), "dice_ci_high": round(hi, 4)}
         if method == "rcmed":
-            yes = [said for truth, said in pres[src] if truth]
-            no = [not said for truth, said in pres[src] if not truth]
+            yes = [said for truth, said, _ in pres[src] if truth]
+            no = [not said for truth, said, _ in pres[src] if not truth]
+            asked = [not said for truth, said, refused in pres[src] if not truth and not refused]
             r.update(present_questions=len(yes), present_accuracy=round(float(np.mean(yes)), 4) if yes else None,
-                     absent_questions=len(no), absent_accuracy=round(float(np.mean(no)), 4) if no else None)
+                     absent_questions=len(no), absent_accuracy=round(float(np.mean(no)), 4) if no else None,
+                     # the absent questions the model itself decided (targets taught on this modality)
+                     absent_model_questions=len(asked),
+                     absent_model_accuracy=round(float(np.mean(asked)), 4) if asked else None)
             if inst[src]:
                 r.update(instance_f1_50=round(float(np.mean([f for f, _ in inst[src]])), 4),
                          aji=round(float(np.mean([a for _, a in inst[src]])), 4))

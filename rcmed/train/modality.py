@@ -38,4 +38,6 @@ def collect_pooled(model, stores: list[str], split: str, cache: FeatureCache | N
             feats.append(pooled(emb)[0])
             labels.append(parse_modality(rec.modality).value)
             sources.append(rec.source or f"phantom-{rec.modality}")
+    if not feats:
+        return torch.zeros(0, 2 * model.config.vision.neck_dim), [], []
     return torch.stack(feats), labels, sources
