@@ -265,7 +265,7 @@ def train_decoder(model: RCMedModel, train: list[Item], val: list[Item], out: Pa
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        fh.write(f"{step},{float(parts['loss']):.5f},{float(parts['mask_bce']):.5f},{float(parts['mask_dice']):.5f},"
+        fh.write(f"{step},{float(parts['loss'].detach()):.5f},{float(parts['mask_bce']):.5f},{float(parts['mask_dice']):.5f},"
                  f"{float(parts['presence']):.5f},{float(parts['box_l1']):.5f},{float(parts['iou']):.5f},"
                  f"{time.perf_counter() - t0:.3f}\n")
         fh.flush()

@@ -1,0 +1,71 @@
+"""The decoder stage on the tiny model: questions collected with the language model's slot states, a few
+decoder steps on them (only the seg-query head and the mask decoder change), validation scored, the
+best step kept; and the modality head's training features from the same store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rcmed.data.build import build_store
+from rcmed.data.split import split_by_case
+from rcmed.data.synth import synth_store
+from rcmed.model.config import RCMedConfig
+from rcmed.model.rcmed import RCMedModel
+from rcmed.train import decoder_stage as ds
+from rcmed.train.feature_cache import FeatureCache
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stage")
+    synth_store(str(root / "st"), "ct", 8, seed=5, size=64, progress=False)
+    split_by_case(root / "st", {"train": 0.75, "val": 0.25}, seed=0)
+    build_store(root / "st", root / "built", progress=False)
+    return root / "built"
+
+
+def test_collect_train_and_keep_the_best_step(built, tmp_path):
+    torch.manual_seed(0)
+    cfg = RCMedConfig.tiny()
+    cfg.freeze_vision = True
+    model = RCMedModel(cfg)
+    cache = FeatureCache(tmp_path / "cache", model.image_encoder)
+    train = ds.collect_items(model, [str(built)], "train", cache, seed=1)
+    val = ds.collect_items(model, [str(built)], "val", cache, seed=1)
+    assert train and val and {it.dataset for it in train} == {train[0].dataset}
+    assert all(it.hidden.shape == (len(it.hidden), cfg.lm_hidden) and 1 <= len(it.hidden) <= 2 for it in train)
+    assert any(it.mask is None for it in train) and any(it.mask is not None for it in train)  # absent and present
+    # the state at a slot does not depend on what follows it: the same question gives the same state
+    again = ds.collect_items(model, [str(built)], "train", cache, seed=1)
+    assert torch.equal(again[0].hidden, train[0].hidden)
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    best = ds.train_decoder(model, train, val, tmp_path / "run", 6, records_per_step=2, lr=5e-3, warmup=1,
+                            eval_every=3, seed=0)
+    assert best["step"] in (0, 3, 6) and 0.0 <= best["mean_dice"] <= 1.0
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 7
+    hist = (tmp_path / "run" / "val_history.json").read_text()
+    assert '"step": 3' in hist and '"step": 6' in hist
+    after = model.trainable_state_dict()
+    changed = {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])}
+    assert changed <= {"mask_decoder", "seg_query"}
+    assert changed or best["step"] == 0  # the kept weights are the best step's (step 0: untouched)
+    rows = ds.score(model, val)
+    summary = ds.summarise(rows)
+    assert set(summary) == {val[0].dataset}
+    assert all(0.0 <= r["presence"] <= 1.0 for r in rows)
+
+
+def test_modality_features_from_a_store(built):
+    from rcmed.train.modality import collect_pooled
+
+    cfg = RCMedConfig.tiny()
+    model = RCMedModel(cfg)
+    feats, labels, sources = collect_pooled(model, [str(built)], "train", None)
+    assert feats.shape == (len(labels), 2 * cfg.vision.neck_dim) and set(labels) == {"ct"} and len(sources) == len(labels)
+    unknown, _, _ = collect_pooled(model, [str(built)], "train", None, as_unknown=True)
+    assert unknown.shape == feats.shape and not torch.allclose(unknown, feats)  # HU window vs the generic rule
+    empty, none, _ = collect_pooled(model, [str(built)], "test", None)
+    assert empty.shape == (0, 2 * cfg.vision.neck_dim) and none == []
