@@ -451,7 +451,7 @@ def export_real() -> None:
     print(f"exported {run / 'model'} to {WEIGHTS}")
 
 
-REAL2_STEPS = 750  # decoder-stage steps (4 images each) after real1; the best validation step is kept
+REAL2_STEPS = 300  # decoder-stage steps (4 images each) after real1; the best validation step is kept
 REAL2_PHANTOM_EVERY = 4  # one phantom record in 4 joins the decoder stage, so phantoms are not forgotten
 
 
@@ -490,7 +490,7 @@ def real2() -> None:
     run.mkdir(parents=True, exist_ok=True)
     model = RCMedModel.from_pretrained(RUNS / f"default-{REAL_RUNS[-1]}" / "model")
     train, val = _items(model, "train", run), _items(model, "val", run)
-    best = train_decoder(model, train, val, run, REAL2_STEPS, records_per_step=4, lr=2e-4, eval_every=150, seed=7)
+    best = train_decoder(model, train, val, run, REAL2_STEPS, records_per_step=4, lr=2e-4, eval_every=100, seed=7)
     rows = score(model, val)
     cuts, evidence = choose_presence_cuts([(r["name"], r["presence"], r["present"]) for r in rows])
     summary = {"best_step": best["step"], "at_0.5": summarise(rows), "with_cuts": summarise(rows, cuts),

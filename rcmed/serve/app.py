@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile  # module level: FastAPI resolves annotations here
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from rcmed.errors import ImageTooLargeError, LimitExceededError, RCMedError, RCMedInputError
 from rcmed.io.image import parse_modality
 from rcmed.io.limits import ReadLimits
+from rcmed.overlay import PALETTE
 from rcmed.predictor import Answer, Predictor
 
 ALLOWED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".npz", ".zip")
@@ -202,6 +203,34 @@ class BodyLimit:
             await answer_413()
 
 
+def _parse_points(text: str) -> list[list[float]]:
+    """'x,y,label;x,y,label' -> [[x, y, label], ...] (label 1 inside, 0 outside), at most 64 points."""
+    out = []
+    for part in text.strip().strip(";").split(";"):
+        try:
+            x, y, lab = (float(v) for v in part.split(","))
+        except ValueError:
+            raise RCMedInputError("points", "points must be 'x,y,label;x,y,label' with label 1 (inside) or 0 (outside)") from None
+        if lab not in (0.0, 1.0) or not (np.isfinite(x) and np.isfinite(y)):
+            raise RCMedInputError("points", f"bad point {part!r}: finite x, y and a label of 1 or 0")
+        out.append([x, y, lab])
+    if not out or len(out) > 64:
+        raise RCMedInputError("points", f"{len(out)} points; give 1 to 64")
+    return out
+
+
+def _examples() -> dict[str, dict[str, object]]:
+    """The bundled demo samples (rcmed/samples/demo/demo.json) that exist, by file name."""
+    import json
+
+    folder = Path(__file__).resolve().parents[1] / "samples" / "demo"
+    try:
+        cases = json.loads((folder / "demo.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {c["file"]: {**c, "path": folder / c["file"]} for c in cases if (folder / c["file"]).is_file()}
+
+
 def create_app(predictor: Predictor, settings: ServeSettings | None = None):
     """The FastAPI app around one loaded predictor."""
     from rcmed import __version__
@@ -253,22 +282,28 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
         return _extract_series(path, folder, cfg) if suffix == ".zip" else path
 
     def _infer(path: Path, prompt: str, box: list[float] | None, with_masks: bool,
-               modality: str | None = None) -> dict[str, object]:
+               modality: str | None = None, points: list[list[float]] | None = None) -> dict[str, object]:
         with lock:
             image = load(path, modality=modality, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384,
                                                                    max_bytes=cfg.max_pixels * 4))
             if image.is_volume:
-                if box is not None:
-                    raise RCMedInputError("box", "box prompts apply to 2-D images")
+                if box is not None or points:
+                    raise RCMedInputError("box", "box and point prompts apply to 2-D images")
                 answer = predictor.predict_volume(image, prompt)
             else:
                 predictor.set_image(image)
-                answer = predictor.predict(prompt, boxes=[box] if box else None)
+                answer = predictor.predict(prompt, boxes=[box] if box else None,
+                                           points=[p[:2] for p in points] if points else None,
+                                           point_labels=[int(p[2]) for p in points] if points else None)
         data = predictor.answer_json(answer)
+        # what reached the model, in image pixels (the page draws in screen pixels and converts)
+        data["prompts"] = {"box": box, "points": points}
         if with_masks:
+            colour = iter(PALETTE)  # the overlay paints the found targets in palette order
             for t, d in zip(answer.targets, data["targets"], strict=True):  # type: ignore[arg-type]
                 d["mask"] = None
                 d["mask_rle"] = rle_encode(t.mask) if t.mask is not None else None
+                d["colour"] = "#%02x%02x%02x" % next(colour)[1] if t.mask is not None else None
             images, overlays = _overlay_pngs(image, answer)
             # one PNG each for a 2-D image; for a volume, lists over axial slices (middle one first)
             data["image_png"], data["overlay_png"] = images[len(images) // 2], overlays[len(overlays) // 2]
@@ -276,7 +311,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
                 data["slices"] = {"image_png": images, "overlay_png": overlays}
         return data
 
-    async def _handle(file: UploadFile, prompt: str, box: str | None, with_masks: bool, modality: str | None = None):
+    async def _handle(file: UploadFile, prompt: str, box: str | None, with_masks: bool, modality: str | None = None,
+                      points: str | None = None):
         if not queue.try_enter():
             return _error(503, "inference queue full; retry later", {"Retry-After": "5"})
         try:
@@ -293,10 +329,11 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
                     raise RCMedInputError("box", "box must be 'x0,y0,x1,y1'") from None
                 if len(box_v) != 4:
                     raise RCMedInputError("box", "box must have four numbers x0,y0,x1,y1")
+            points_v = _parse_points(points) if points else None
             with tempfile.TemporaryDirectory(prefix="rcmed-req-") as tmp:
                 path = await _save_upload(file, Path(tmp))
                 loop = asyncio.get_running_loop()
-                fut = loop.run_in_executor(queue.executor, _infer, path, prompt, box_v, with_masks, modality)
+                fut = loop.run_in_executor(queue.executor, _infer, path, prompt, box_v, with_masks, modality, points_v)
                 try:
                     return await asyncio.wait_for(fut, timeout=cfg.timeout_s)
                 except asyncio.TimeoutError:
@@ -309,11 +346,26 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
 
     @app.post("/v1/segment")
     async def segment(file: UploadFile = File(...), prompt: str = Form(...), box: str | None = Form(None),
-                      modality: str | None = Form(None)):
-        """Segment what the prompt names. Returns answer.json fields plus `mask_rle` per target
-        and `overlay_png` (base64). `modality` (optional; "ct", "mri", ...): without it, a DICOM's own
-        tag is used, else the model recognises it."""
-        return await _handle(file, prompt, box, with_masks=True, modality=modality)
+                      modality: str | None = Form(None), points: str | None = Form(None)):
+        """Segment what the prompt names. Returns answer.json fields plus `mask_rle` and `colour` (its colour
+        in the overlay) per target, `overlay_png` (base64) and `prompts` (the box and points used, image
+        pixels). `modality` (optional; "ct", "mri", ...): without it, a DICOM's own tag is used, else the
+        model recognises it. `box`: "x0,y0,x1,y1"; `points`: "x,y,label;x,y,label" (label 1 inside, 0
+        outside), image pixels."""
+        return await _handle(file, prompt, box, with_masks=True, modality=modality, points=points)
+
+    examples = _examples()
+
+    @app.get("/v1/examples")
+    async def example_list() -> list[dict[str, str]]:
+        """The bundled sample images the page offers as one-click examples."""
+        return [{k: e[k] for k in ("file", "modality", "prompt")} for e in examples.values()]
+
+    @app.get("/v1/examples/{name}")
+    async def example_file(name: str):
+        if name not in examples:  # only listed files: no path from the request reaches the file system
+            return _error(404, f"no example {name!r}")
+        return FileResponse(examples[name]["path"], filename=name)
 
     @app.post("/v1/ask")
     async def ask(file: UploadFile = File(...), prompt: str = Form(...), modality: str | None = Form(None)):
