@@ -402,8 +402,8 @@ def realdata() -> None:
 
 
 def export_real() -> None:
-    """runs/default-real1/model -> rcmed/weights/default/ (parts, targets, the real and phantom training cases
-    added to training_cases.json so `rcmed eval` refuses them, loss curve)."""
+    """runs/default-<SHIPPED_REAL>/model -> rcmed/weights/default/ (parts, targets, the real and phantom training
+    cases added to training_cases.json so `rcmed eval` refuses them, loss curves, the modality head)."""
     import os
 
     from rcmed.data.store import iter_records
@@ -412,6 +412,10 @@ def export_real() -> None:
 
     os.chdir(ROOT)
     run = RUNS / f"default-{SHIPPED_REAL}"
+    # results of the model being replaced: its test tables stay in real_test_log.jsonl; its phantom check and
+    # worst cases describe other weights, so they go until `phantomcheck` and `worst` run on these
+    for stale in ("phantom_fresh_modalities.csv", "real_test_worst.json", "real_test_worst_notes.json"):
+        (WEIGHTS / "eval" / stale).unlink(missing_ok=True)
     for f in ("config.json", "model.safetensors"):
         shutil.copy2(run / "model" / f, WEIGHTS / f)
     for f in ("modality.safetensors", "modality_val.json"):  # the modality head (`modality` step), when there is one
