@@ -49,21 +49,13 @@ def server(tiny_trained):
 
 
 def test_upload_ask_see_overlay_and_download(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     img = tmp_path / "ct.png"
     Image.fromarray((normalize(synth("ct", 2, size=64).image) * 255).astype(np.uint8)).save(img)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,900"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = _driver(tmp_path)
     try:
         driver.get(server)
         driver.find_element(By.ID, "file").send_keys(str(img))
@@ -92,7 +84,7 @@ def _driver(tmp_path):
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1100,1100"):
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1100"):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(DRIVER), options=opts)
 
