@@ -170,7 +170,10 @@ def test_modality_recognition_is_scored_when_the_model_has_a_head(tiny_trained, 
     folder = tmp_path / "model"
     shutil.copytree(tiny_trained, folder)
     g = torch.Generator().manual_seed(0)
-    fit(torch.randn(4, 512, generator=g), ["ct", "ct", "mri", "mri"], epochs=5).save(folder)
+    from rcmed.model.config import RCMedConfig
+
+    dim = 2 * RCMedConfig.tiny().vision.neck_dim  # pooled mean and max of the tiny encoder's embedding
+    fit(torch.randn(4, dim, generator=g), ["ct", "ct", "mri", "mri"], epochs=5).save(folder)
     rep = evaluate(folder, store, tmp_path / "ev", split="test", progress=False, describe=False)
     rows = {r["dataset"]: r for r in rep.tables["recognition"]}
     assert rows["all"]["images"] == 3 and len(rows) == 2
