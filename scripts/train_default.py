@@ -426,7 +426,7 @@ def export_real() -> None:
         for f in ("val_summary.json", "val_history.json"):
             shutil.copy2(run / f, WEIGHTS / "eval" / f"{SHIPPED_REAL}_{f}")
         shutil.copy2(run / "metrics.csv", WEIGHTS / f"{SHIPPED_REAL}_metrics.csv")
-    cfg = TrainConfig.load(run / "train.json")
+    cfg = TrainConfig.load(RUNS / f"default-{REAL_RUNS[-1]}" / "train.json")  # the data real1 (and the stage) saw
     old = json.loads((WEIGHTS / "targets.json").read_text())
     write_targets(cfg, WEIGHTS / "targets.json")
     new = json.loads((WEIGHTS / "targets.json").read_text())
