@@ -83,6 +83,8 @@ class Answer:
     off_modality: dict[str, list[str]] = field(default_factory=dict)  # name -> the only modalities it was taught on
     modality: dict[str, object] | None = None  # {"name", "source": given | recognised | intensity, "confidence"}
     suggestions: dict[str, list[str]] = field(default_factory=dict)  # unknown name -> taught names close in meaning
+    downsampled_from: list[int] | None = None  # the 2-D image's size on disk when it was reduced on read
+    mask_shape: list[int] | None = None  # then the size the masks have
 
 
 def _rules(folder: Path) -> PostprocessRules:
@@ -291,7 +293,11 @@ class Predictor:
         targets = targets if boxes is not None and len(boxes) > 1 else first_of_each(targets)
         text, amended = agree_text(gen.text, targets)
         text = grammar(text, [t.name for t in targets])
-        return _with_modality(Answer(text=text, targets=targets, amended=amended), self.modality_info)
+        answer = Answer(text=text, targets=targets, amended=amended)
+        if self._image.metadata.get("downsampled_from"):
+            answer.downsampled_from = list(self._image.metadata["downsampled_from"])
+            answer.mask_shape = list(self._image.spatial_shape)
+        return _with_modality(answer, self.modality_info)
 
     def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None) -> dict[int, torch.Tensor]:
         """(S, S) model-input mask logits of the targets whose path is "box" or "both", keyed by index: the box
@@ -392,7 +398,10 @@ class Predictor:
         None without a head. (Used to measure recognition; `set_image` does the same when it is needed.)"""
         if self.modality_head is None:
             return None
-        x = normalize(replace(image, modality=Modality.UNKNOWN))
+        return self._recognise_normalised(normalize(replace(image, modality=Modality.UNKNOWN)))
+
+    def _recognise_normalised(self, x: np.ndarray) -> tuple[str, float]:
+        """The modality head on one normalised 2-D image (H, W) or (H, W, 3) in [0, 1], encoded here."""
         with torch.inference_mode():
             emb = self.model.encode(prepare_image(x, self.size)[0][None]).embedding
         return self.modality_head.recognise(emb)
@@ -411,10 +420,7 @@ class Predictor:
         if self.modality_head is None:
             return vol, {"name": "unknown", "source": "given", "confidence": None}
         stack = to_slices(vol)
-        mid = normalize(vol.with_array(stack.slices), window=window)[len(stack) // 2]
-        with torch.inference_mode():
-            emb = self.model.encode(prepare_image(mid, self.size)[0][None]).embedding
-        name, conf = self.modality_head.recognise(emb)
+        name, conf = self._recognise_normalised(normalize(vol.with_array(stack.slices), window=window)[len(stack) // 2])
         return replace(vol, modality=parse_modality(name)), {"name": name, "source": "recognised",
                                                              "confidence": round(conf, 4)}
 
@@ -470,10 +476,9 @@ class Predictor:
             doc["text_amended_for"] = list(answer.amended)
         if answer.modality is not None:
             doc["modality"] = dict(answer.modality)
-        reduced = self._image.metadata.get("downsampled_from") if self._image is not None else None
-        if reduced and answer.targets is not None:  # a huge 2-D image was reduced on read (`ReadLimits.max_2d_side`)
-            doc["downsampled_from"] = list(reduced)
-            doc["mask_shape"] = list(self._image.spatial_shape)
+        if answer.downsampled_from:  # a huge 2-D image was reduced on read (`ReadLimits.max_2d_side`)
+            doc["downsampled_from"] = list(answer.downsampled_from)
+            doc["mask_shape"] = list(answer.mask_shape or [])
         doc["known"] = not answer.unknown
         if answer.unknown or answer.off_modality:
             doc["not_trained_for"] = [*answer.unknown, *answer.off_modality]

@@ -241,3 +241,18 @@ def test_answer_grammar_for_plural_targets(text, names, expected):
     from rcmed.predictor import grammar
 
     assert grammar(text, names) == expected
+
+
+def test_an_image_reduced_on_read_says_so_in_answer_json(predictor, tmp_path):
+    from rcmed.io.limits import ReadLimits
+    from rcmed.io.normalize import normalize
+    from rcmed.io.readers import load
+
+    ph = synth("ct", 2, size=64)
+    Image.fromarray((normalize(ph.image) * 255).astype(np.uint8)).resize((128, 128)).save(tmp_path / "big.png")
+    img = load(tmp_path / "big.png", limits=ReadLimits(max_2d_side=64))
+    predictor.set_image(img)
+    doc = predictor.answer_json(predictor.predict("Segment the liver."))
+    assert doc["downsampled_from"] == [128, 128] and doc["mask_shape"] == [64, 64]
+    predictor.set_image(ph.image)  # an image read whole says nothing of the kind
+    assert "downsampled_from" not in predictor.answer_json(predictor.predict("Segment the liver."))

@@ -53,8 +53,7 @@ def test_upload_ask_see_overlay_and_download(server, tmp_path):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    img = tmp_path / "ct.png"
-    Image.fromarray((normalize(synth("ct", 2, size=64).image) * 255).astype(np.uint8)).save(img)
+    img = _ct_png(tmp_path)
     driver = _driver(tmp_path)
     try:
         driver.get(server)
@@ -74,6 +73,12 @@ def test_upload_ask_see_overlay_and_download(server, tmp_path):
         shutil.copy(tmp_path / "page.png", "/tmp/rcmed_page_e2e.png")
     finally:
         driver.quit()
+
+
+def _ct_png(tmp_path):
+    img = tmp_path / "ct.png"
+    Image.fromarray((normalize(synth("ct", 2, size=64).image) * 255).astype(np.uint8)).save(img)
+    return img
 
 
 def _driver(tmp_path):
@@ -108,8 +113,7 @@ def test_box_points_legend_and_examples(server, tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    img = tmp_path / "ct.png"
-    Image.fromarray((normalize(synth("ct", 2, size=64).image) * 255).astype(np.uint8)).save(img)
+    img = _ct_png(tmp_path)
     driver = _driver(tmp_path)
     try:
         driver.get(server)
