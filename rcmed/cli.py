@@ -250,8 +250,7 @@ def _answer_one(file: Path, prompt: str, model: str, modality: str | None, as_js
     from rcmed.predictor import Predictor
 
     predictor = Predictor.from_pretrained(model)
-    predictor.set_image(file, modality=modality)
-    answer = predictor.predict(prompt)
+    answer = predictor.answer(file, prompt, modality=modality)
     if as_json:
         typer.echo(json.dumps(predictor.answer_json(answer)))
     else:

@@ -377,6 +377,22 @@ class Predictor:
         return b * scale
 
     # ------------------------------------------------------------------ 3-D
+    def answer(self, image: MedicalImage | str | Path, prompt: str, *, boxes: list[list[float]] | None = None,
+               points: list[list[float]] | None = None, point_labels: list[int] | None = None,
+               modality: str | None = None) -> Answer:
+        """The one road from an image to an answer, 2-D or 3-D: reads `image` if it is a path (with
+        `modality`, else the file's own or the recognised one); a 2-D image is encoded (`set_image`) and
+        asked (`predict`), a volume is answered on its middle slice and decoded on every slice
+        (`predict_volume`). `boxes` ([x0, y0, x1, y1]) and `points` ([x, y], `point_labels` 1 inside /
+        0 outside) are in source pixels and apply to 2-D images only."""
+        img = image if isinstance(image, MedicalImage) else load(image, modality=modality)
+        if img.is_volume:
+            if boxes or points:
+                raise RCMedInputError("box", "box and point prompts apply to 2-D images; crop the volume or omit them")
+            return self.predict_volume(img, prompt)
+        self.set_image(img)
+        return self.predict(prompt, boxes=boxes, points=points, point_labels=point_labels)
+
     def predict_volume(self, volume: MedicalImage | str | Path, prompt: str, modality: str | None = None,
                        window="auto", batch_slices: int = 8, progress: bool = False) -> Answer:
         """Answer on the middle axial slice, then decode the same answer on every slice in batches

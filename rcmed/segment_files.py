@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rcmed.errors import RCMedInputError
+from rcmed.io.image import MedicalImage
 from rcmed.io.readers import load
 from rcmed.io.slices import to_slices
 from rcmed.io.writers import write_dicom_seg, write_mask_png, write_nifti, write_overlay_png
@@ -58,55 +59,63 @@ def make_out(out: Path) -> None:
         raise RCMedInputError("--out", f"cannot create {out}: {err.strerror or err}") from None
 
 
-def segment_file(predictor: Predictor, path: Path, prompt: str, out: Path, *, modality: str | None = None,
-                 boxes: list[list[float]] | None = None, fmt: str = "auto") -> tuple[Answer, dict[str, object]]:
-    """Answer `prompt` about the file at `path`; write results into `out`; return (answer, answer.json).
-    The folder is checked first and created only once there is an answer to write (a failed run leaves none)."""
-    check_out(out)
-    image = load(path, modality=modality)
+def mask_format(image: MedicalImage, fmt: str = "auto") -> str:
+    """The mask file format for `image`: "png" for 2-D; "dicom-seg" (a DICOM series) or "nifti" for
+    volumes. An explicit `fmt` that cannot hold the image is refused before any work is done."""
     if image.is_volume:
-        if boxes is not None:
-            raise RCMedInputError("--box", "box prompts apply to 2-D images; crop the volume or omit --box")
         fmt = ("dicom-seg" if image.metadata.get("format") == "dicom" else "nifti") if fmt == "auto" else fmt
         if fmt not in ("nifti", "dicom-seg"):
             raise RCMedInputError("--format", f"volumes are written as nifti or dicom-seg, not {fmt!r}")
-        answer = predictor.predict_volume(image, prompt)
-        make_out(out)
-        files: list[str | None] = []
-        present = [(t, t.mask) for t in answer.targets if t.mask is not None]
-        if fmt == "dicom-seg" and present:
-            write_dicom_seg(out / "seg.dcm", {t.name: m for t, m in present}, image)
-            files = ["seg.dcm" if t.mask is not None else None for t in answer.targets]
-        else:
-            for k, t in enumerate(answer.targets):
-                if t.mask is None:
-                    files.append(None)
-                    continue
-                name = f"mask_{k}_{_safe(t.name)}.nii.gz"
-                write_nifti(out / name, t.mask.astype(np.uint8), image)
-                files.append(name)
-        stack = to_slices(image)
-        mid = len(stack) // 2
-        mid_masks = [to_slices(image.with_array(t.mask)).slices[mid] for t, _ in present]
-        write_overlay_png(out / "overlay.png", stack.slice_image(mid), mid_masks)
+        return fmt
+    if fmt not in ("auto", "png"):
+        raise RCMedInputError("--format", f"2-D masks are written as png, not {fmt!r}")
+    return "png"
+
+
+def write_answer(predictor: Predictor, answer: Answer, image: MedicalImage, out: Path,
+                 fmt: str = "auto") -> dict[str, object]:
+    """Write one mask file per found target (PNG for 2-D; NIfTI, or one DICOM-SEG for a DICOM series),
+    `overlay.png` (a volume's middle axial slice) and `answer.json` into `out` (created); return the JSON.
+    The only writer of answer files: the CLI, the demo and `segment_file` use it."""
+    fmt = mask_format(image, fmt)
+    make_out(out)
+    present = [t for t in answer.targets if t.mask is not None]
+    files: list[str | None] = [None] * len(answer.targets)
+    if fmt == "dicom-seg" and present:
+        write_dicom_seg(out / "seg.dcm", {t.name: t.mask for t in present}, image)
+        files = ["seg.dcm" if t.mask is not None else None for t in answer.targets]
     else:
-        if fmt not in ("auto", "png"):
-            raise RCMedInputError("--format", f"2-D masks are written as png, not {fmt!r}")
-        predictor.set_image(image)
-        answer = predictor.predict(prompt, boxes=boxes)
-        make_out(out)
-        files = []
         for k, t in enumerate(answer.targets):
             if t.mask is None:
-                files.append(None)
                 continue
-            name = f"mask_{k}_{_safe(t.name)}.png"
-            write_mask_png(out / name, t.mask)
-            files.append(name)
-        write_overlay_png(out / "overlay.png", image, [t.mask for t in answer.targets if t.mask is not None])
+            if fmt == "png":
+                files[k] = f"mask_{k}_{_safe(t.name)}.png"
+                write_mask_png(out / files[k], t.mask)
+            else:
+                files[k] = f"mask_{k}_{_safe(t.name)}.nii.gz"
+                write_nifti(out / files[k], t.mask.astype(np.uint8), image)
+    if image.is_volume:
+        stack = to_slices(image)
+        mid = len(stack) // 2
+        write_overlay_png(out / "overlay.png", stack.slice_image(mid),
+                          [to_slices(image.with_array(t.mask)).slices[mid] for t in present])
+    else:
+        write_overlay_png(out / "overlay.png", image, [t.mask for t in present])
     data = predictor.answer_json(answer, files)
     save_answer_json(out / "answer.json", data)
-    return answer, data
+    return data
+
+
+def segment_file(predictor: Predictor, path: Path, prompt: str, out: Path, *, modality: str | None = None,
+                 boxes: list[list[float]] | None = None, fmt: str = "auto") -> tuple[Answer, dict[str, object]]:
+    """Answer `prompt` about the file at `path`; write results into `out`; return (answer, answer.json).
+    The folder and the format are checked first, and the folder is created only once there is an answer
+    to write (a failed run leaves none)."""
+    check_out(out)
+    image = load(path, modality=modality)
+    mask_format(image, fmt)
+    answer = predictor.answer(image, prompt, boxes=boxes)
+    return answer, write_answer(predictor, answer, image, out, fmt)
 
 
 def known_targets(model_folder: Path, modality: str) -> list[str]:

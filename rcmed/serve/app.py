@@ -286,15 +286,9 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
         with lock:
             image = load(path, modality=modality, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384,
                                                                    max_bytes=cfg.max_pixels * 4))
-            if image.is_volume:
-                if box is not None or points:
-                    raise RCMedInputError("box", "box and point prompts apply to 2-D images")
-                answer = predictor.predict_volume(image, prompt)
-            else:
-                predictor.set_image(image)
-                answer = predictor.predict(prompt, boxes=[box] if box else None,
-                                           points=[p[:2] for p in points] if points else None,
-                                           point_labels=[int(p[2]) for p in points] if points else None)
+            answer = predictor.answer(image, prompt, boxes=[box] if box else None,
+                                      points=[p[:2] for p in points] if points else None,
+                                      point_labels=[int(p[2]) for p in points] if points else None)
         data = predictor.answer_json(answer)
         # what reached the model, in image pixels (the page draws in screen pixels and converts)
         data["prompts"] = {"box": box, "points": points}
