@@ -500,8 +500,7 @@ def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = No
     import torch
 
     from rcmed.model.rcmed import RCMedModel
-    from rcmed.postprocess import PostprocessRules, choose_presence_cuts
-    from rcmed.train.decoder_stage import mean_dice, score, summarise, train_decoder
+    from rcmed.train.decoder_stage import train_decoder
 
     torch.manual_seed(0)
     run.mkdir(parents=True, exist_ok=True)
@@ -509,18 +508,49 @@ def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = No
     items_run = items_run or run
     train, val = _items(model, "train", items_run), _items(model, "val", items_run)
     best = train_decoder(model, train, val, run, steps, records_per_step=4, lr=2e-4, eval_every=eval_every, seed=7)
-    rows = score(model, val)
-    cuts, evidence = choose_presence_cuts([(r["name"], r["presence"], r["present"]) for r in rows])
-    summary = {"source": str(src.relative_to(ROOT)), "best_step": best["step"], "at_0.5": summarise(rows),
-               "with_cuts": summarise(rows, cuts),
-               "mean_dice_at_0.5": mean_dice(summarise(rows)), "mean_dice_with_cuts": mean_dice(summarise(rows, cuts))}
-    (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
     model.config.loop_rounds = 1  # the stage trained the first round's decoder only (see decoder_stage)
     model.save_pretrained(run / "model")
     shutil.copy2(RUNS / f"default-{REAL_RUNS[-1]}" / "model" / "targets.json", run / "model" / "targets.json")
+    summary = _presence_cuts(model, run, val)
+    summary.update({"source": str(src.relative_to(ROOT)), "best_step": best["step"]})
+    (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _presence_cuts(model, run: Path, val: list) -> dict[str, object]:
+    """Per-target presence cuts of the model in `run`/model, chosen on the validation questions the model
+    decides itself (targets taught on the image's modality; the rest are refused by rule before it is
+    asked); written into its postprocess.json. Returns the validation summary at 0.5 and with the cuts,
+    over all questions and over those the model decides."""
+    from rcmed.data.store import iter_records
+    from rcmed.postprocess import PostprocessRules, choose_presence_cuts
+    from rcmed.train.decoder_stage import dataset_of, mean_dice, reaching_model, score, summarise
+
+    modality_of = {dataset_of(r): r.modality for store in ("real-built", "phantoms-11-built")
+                   for r in iter_records(DATA / store)}
+    taught = json.loads((run / "model" / "targets.json").read_text())
+    rows = score(model, val)
+    decided = reaching_model(rows, taught, modality_of)
+    cuts, evidence = choose_presence_cuts([(r["name"], r["presence"], r["present"]) for r in decided])
+    summary = {"at_0.5": summarise(rows), "with_cuts": summarise(rows, cuts),
+               "decided_at_0.5": summarise(decided), "decided_with_cuts": summarise(decided, cuts),
+               "mean_dice_at_0.5": mean_dice(summarise(rows)), "mean_dice_with_cuts": mean_dice(summarise(rows, cuts)),
+               "cuts_chosen_on": "validation questions about targets taught on the image's modality"}
     PostprocessRules(presence_cuts=cuts, presence_evidence=evidence).save(run / "model")
-    print(f"{run.name}: best step {best['step']}, validation mean Dice {summary['mean_dice_at_0.5']:.4f} at 0.5, "
-          f"{summary['mean_dice_with_cuts']:.4f} with the cuts", flush=True)
+    print(f"{run.name}: validation mean Dice {summary['mean_dice_at_0.5']:.4f} at 0.5, "
+          f"{summary['mean_dice_with_cuts']:.4f} with the cuts {cuts}", flush=True)
+    return summary
+
+
+def cuts(name: str = "real3") -> None:
+    """Choose the presence cuts of runs/default-NAME/model again (`_presence_cuts`) and update its
+    val_summary.json; for runs whose cuts were chosen before the choice left out the questions refused by rule."""
+    from rcmed.model.rcmed import RCMedModel
+
+    run = RUNS / f"default-{name}"
+    model = RCMedModel.from_pretrained(run / "model")
+    summary = json.loads((run / "val_summary.json").read_text()) if (run / "val_summary.json").is_file() else {}
+    summary.update(_presence_cuts(model, run, _items(model, "val", RUNS / "default-real2")))
+    (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
 
 
 def modality(folder: Path = RUNS / "default-real2" / "model") -> None:
@@ -722,7 +752,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "real2": real2, "real3": real3, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck,
+         "real2": real2, "real3": real3, "cuts": cuts, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 

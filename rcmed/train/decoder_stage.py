@@ -222,6 +222,17 @@ def summarise(rows: list[dict[str, object]], cuts: dict[str, float] | None = Non
     return {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in sorted(by.items())}
 
 
+def reaching_model(rows: list[dict[str, object]], taught: dict[str, list[str]],
+                   modality_of: dict[str, str]) -> list[dict[str, object]]:
+    """The validation questions the model itself decides: those naming a target taught on the image's
+    modality (`taught`: modality -> names, as `targets.json`; `modality_of`: dataset -> modality). The
+    others (a polyp asked on a CT) are refused by rule before the model is asked (`Predictor.refusal`),
+    so they must not steer a presence cut: they are easy negatives, and counting them makes a low cut look
+    free while on the image's own modality it calls absent targets present."""
+    known = {m: {target_key(n) for n in names} for m, names in taught.items()}
+    return [r for r in rows if target_key(str(r["name"])) in known.get(modality_of.get(str(r["dataset"]), ""), set())]
+
+
 def mean_dice(summary: dict[str, dict[str, float]], real_only: bool = True) -> float:
     vals = [s["dice"] for k, s in summary.items() if "dice" in s and not (real_only and k.startswith("phantom-"))]
     return float(np.mean(vals)) if vals else 0.0

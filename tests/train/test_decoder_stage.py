@@ -69,3 +69,16 @@ def test_modality_features_from_a_store(built):
     assert unknown.shape == feats.shape and not torch.allclose(unknown, feats)  # HU window vs the generic rule
     empty, none, _ = collect_pooled(model, [str(built)], "test", None)
     assert empty.shape == (0, 2 * cfg.vision.neck_dim) and none == []
+
+
+def test_presence_cuts_see_only_the_questions_the_model_decides():
+    """A polyp asked on a CT is refused by rule before the model is asked, so it must not steer the cut."""
+    rows = [{"dataset": "LGG", "name": "brain tumour", "presence": 0.3, "present": False},
+            {"dataset": "LGG", "name": "Brain Tumour", "presence": 0.6, "present": True},
+            {"dataset": "Kvasir", "name": "brain tumour", "presence": 0.1, "present": False},
+            {"dataset": "Kvasir", "name": "polyp", "presence": 0.9, "present": True},
+            {"dataset": "unseen", "name": "polyp", "presence": 0.9, "present": True}]
+    taught = {"mri": ["brain tumour"], "endoscopy": ["polyp"]}
+    kept = ds.reaching_model(rows, taught, {"LGG": "mri", "Kvasir": "endoscopy"})
+    assert [(r["dataset"], r["name"]) for r in kept] == [("LGG", "brain tumour"), ("LGG", "Brain Tumour"),
+                                                         ("Kvasir", "polyp")]
