@@ -33,6 +33,7 @@ from rcmed.model.rcmed import Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
 from rcmed.postprocess import MASK_PATHS, PostprocessRules, target_key
 from rcmed.tta import allowed, flip_image, unflip
+from rcmed.vocabulary import Request, read_request, suggest
 
 MAX_PROMPT_CHARS = 2000
 
@@ -155,6 +156,12 @@ class Predictor:
                 raise ModelNotAvailableError(f"{folder / 'targets.json'}: not a JSON object of modality -> names") from None
         return predictor
 
+    def read(self, prompt: str, modality: str) -> Request:
+        """What `prompt` asks of this model on `modality` (`rcmed.vocabulary.read_request`): the names it can
+        answer, asked by their trained names in the training template, and those it cannot. Without a
+        `targets.json` the prompt goes to the model as given."""
+        return Request(prompt=prompt) if self.vocabulary is None else read_request(prompt, self.vocabulary, modality)
+
     def refusal(self, prompt: str, modality: str) -> Answer | None:
         """The answer to a segmentation request that names no target this model was taught on `modality`
         (`targets.json`): a plain "not trained" with what it can find on `modality`, no mask. A name
@@ -162,38 +169,16 @@ class Predictor:
         on a CT) in `off_modality`, with where it was taught: a mask drawn there would be a guess.
         None when the request names a target taught on `modality`, or is not a segmentation request, or
         the model folder lists no targets."""
-        from rcmed.vocabulary import requested_names, resolve
+        return self._refuse(self.read(prompt, modality), modality)
 
-        if self.vocabulary is None:
+    def _refuse(self, req: Request, modality: str) -> Answer | None:
+        if not req.refused:
             return None
-        asked = requested_names(prompt)
-        known = {n.lower() for names in self.vocabulary.values() for n in names}
-        # an image of unknown modality may hold any target the model knows
-        here = sorted(known) if modality == "unknown" else sorted(self.vocabulary.get(modality, []))
-        if not asked or any(resolve(n, {h.lower() for h in here}) is not None for n in asked):
-            return None
-        unknown = [n for n in asked if resolve(n, known) is None]
-        elsewhere = {n: sorted(m for m, names in self.vocabulary.items() if resolve(n, {x.lower() for x in names}))
-                     for n in asked if n not in unknown}
-        can = f"On {modality} images I can find: {', '.join(here)}." if here else \
-            f"I was not trained on {modality} images; I know: {', '.join(sorted(self.vocabulary))}."
-        from rcmed.vocabulary import suggest
+        can = f"On {modality} images I can find: {', '.join(req.here)}." if req.here else \
+            f"I was not trained on {modality} images; I know: {', '.join(sorted(self.vocabulary or {}))}."
+        return _not_answered(Answer(text="", targets=[]), req, modality, can)
 
-        said = []
-        if unknown:
-            said.append(f"I was not trained to find {', '.join(repr(n) for n in unknown)}")
-        maybe = {n: s for n in unknown if (s := suggest(n, here))}
-        if elsewhere:
-            said.append("; ".join(f"I was trained to find '{n}' only on {' and '.join(ms)} images, not on {modality} "
-                                  "images" for n, ms in elsewhere.items()))
-        text = f"{'; '.join(said)}, so I drew no mask. {can}"
-        if maybe:
-            text += " Did you mean " + "; ".join(f"{' or '.join(repr(c) for c, _ in s)} for '{n}'" for n, s in maybe.items()) \
-                + "? Ask with that name."
-        return Answer(text=text, targets=[], unknown=unknown, off_modality=elsewhere,
-                      suggestions={n: [c for c, _ in s] for n, s in maybe.items()})
-
-    # ------------------------------------------------------------------ 2-D
+    # ------------------------------------------------------------------ 2-D    # ------------------------------------------------------------------ 2-D
     def set_image(self, image: MedicalImage | str | Path, modality: str | None = None, window="auto") -> None:
         """Read (if a path), normalise by modality and encode a 2-D image once."""
         img = image if isinstance(image, MedicalImage) else load(image, modality=modality)
@@ -241,9 +226,12 @@ class Predictor:
         if mask_path == "box" and not self.model.config.pretrained_vision:
             raise RCMedInputError("mask_path", "'box' gives our box to LiteMedSAM's own decoder, which needs the model's "
                                                "encoder to be LiteMedSAM's (pretrained_vision); this model's is not")
-        refused = self.refusal(prompt, self._image.modality.value)
+        modality = self._image.modality.value
+        req = self.read(prompt, modality)
+        refused = self._refuse(req, modality)
         if refused is not None:
             return _with_modality(refused, self.modality_info)
+        prompt = req.prompt  # the answerable names in the training template ("tumor" -> "brain tumour")
         try:
             allowed("", flips or ())
         except ValueError as err:
@@ -293,7 +281,7 @@ class Predictor:
         targets = targets if boxes is not None and len(boxes) > 1 else first_of_each(targets)
         text, amended = agree_text(gen.text, targets)
         text = grammar(text, [t.name for t in targets])
-        answer = Answer(text=text, targets=targets, amended=amended)
+        answer = _not_answered(Answer(text=text, targets=targets, amended=amended), req, modality)
         if self._image.metadata.get("downsampled_from"):
             answer.downsampled_from = list(self._image.metadata["downsampled_from"])
             answer.mask_shape = list(self._image.spatial_shape)
@@ -403,11 +391,12 @@ class Predictor:
             raise RCMedInputError("volume", "is a 2-D image; use set_image() and predict()")
         prompt = _check_prompt(prompt)
         vol, info = self._volume_modality(vol, window)
-        refused = self.refusal(prompt, vol.modality.value)
+        req = self.read(prompt, vol.modality.value)
+        refused = self._refuse(req, vol.modality.value)
         if refused is not None:
             return _with_modality(refused, info)
-        answer = self._predict_volume(vol, prompt, window, batch_slices, progress)
-        return _with_modality(answer, info)
+        answer = self._predict_volume(vol, req.prompt, window, batch_slices, progress)
+        return _with_modality(_not_answered(answer, req, vol.modality.value), info)
 
     def recognise(self, image: MedicalImage) -> tuple[str, float] | None:
         """What the modality head makes of a 2-D image as if no modality were given: (name, probability);
@@ -520,6 +509,32 @@ def _with_modality(answer: Answer, info: dict[str, object] | None) -> Answer:
         how = f"{float(info['confidence']):.0%} sure" if info.get("confidence") is not None else "from its intensities"
         words = MODALITY_WORDS.get(str(info["name"]), f"a {info['name']}")
         answer.text = f"This looks like {words} image ({how}; give the modality if it is not). {answer.text}"
+    return answer
+
+
+def _not_answered(answer: Answer, req: Request, modality: str, tail: str = "") -> Answer:
+    """`answer` with the names of `req` it could not answer said in words and in its fields: never taught
+    (`unknown`, with "did you mean" suggestions by meaning) or taught only on other modalities (`off_modality`)."""
+    if not (req.unknown or req.elsewhere):
+        return answer
+    said = []
+    if req.unknown:
+        said.append(f"I was not trained to find {', '.join(repr(n) for n in req.unknown)}")
+    if req.elsewhere:
+        said.append("; ".join(f"I was trained to find '{n}' only on {' and '.join(ms)} images, not on {modality} images"
+                              for n, ms in req.elsewhere.items()))
+    maybe = {n: s for n in req.unknown if (s := suggest(n, req.here))}
+    one = len(req.unknown) + len(req.elsewhere) == 1
+    text = f"{'; '.join(said)}, so I drew no mask{'' if answer.targets == [] else (' for it' if one else ' for those')}."
+    if tail:
+        text += f" {tail}"
+    if maybe:
+        text += " Did you mean " + "; ".join(f"{' or '.join(repr(c) for c, _ in s)} for '{n}'" for n, s in maybe.items()) \
+            + "? Ask with that name."
+    answer.text = f"{answer.text} {text}".strip()
+    answer.unknown = [*answer.unknown, *req.unknown]
+    answer.off_modality = {**answer.off_modality, **req.elsewhere}
+    answer.suggestions = {**answer.suggestions, **{n: [c for c, _ in s] for n, s in maybe.items()}}
     return answer
 
 

@@ -14,6 +14,7 @@ request pattern pass through to the model unchanged.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 # spelling variants and synonyms -> the name used in training (lower case)
 SYNONYMS: dict[str, str] = {
@@ -77,6 +78,67 @@ def resolve(name: str, known: set[str]) -> str | None:
         if sided:
             return sided[0]
     return None
+
+
+def expand(name: str, known: set[str]) -> list[str]:
+    """Every known name `name` stands for: one, or each sided name for a side-less one ("lungs" -> left
+    lung and right lung); [] when none. `known` holds lower-case names."""
+    one = resolve(name, known)
+    if one is None:
+        return []
+    n = _ARTICLE.sub("", norm(name))
+    stems = {n, SYNONYMS.get(n, ""), n[:-1] if n.endswith("s") else n}
+    stems |= {SYNONYMS.get(x, "") for x in list(stems)}
+    sided = sorted(k for k in known if any(x and k.endswith(" " + x) and k != x for x in stems))
+    return sided if one in sided and one not in stems else [one]
+
+
+def canonical_prompt(names: list[str]) -> str:
+    """The training template for one or several names: "Segment the A.", "Segment the A, the B and the C."."""
+    if len(names) == 1:
+        return f"Segment the {names[0]}."
+    return "Segment the " + ", the ".join(names[:-1]) + f" and the {names[-1]}."
+
+
+@dataclass
+class Request:
+    """What a prompt asks, read against the names a model was taught (`targets.json`: modality -> names)."""
+
+    prompt: str  # what the model is asked: the training template of the answerable names, else the prompt as given
+    names: list[str] = field(default_factory=list)  # taught names on this modality, in the order asked, once each
+    unknown: list[str] = field(default_factory=list)  # names as written that were never taught
+    elsewhere: dict[str, list[str]] = field(default_factory=dict)  # name as written -> the only modalities it was taught on
+    here: list[str] = field(default_factory=list)  # what the model can find on this modality
+
+    @property
+    def refused(self) -> bool:
+        """A segmentation request naming nothing the model can answer on this modality."""
+        return not self.names and bool(self.unknown or self.elsewhere)
+
+
+def read_request(prompt: str, vocabulary: dict[str, list[str]], modality: str) -> Request:
+    """Read a segmentation request: each name it asks for is taught on `modality` (then asked by its trained
+    name, in the training template: "tumor" -> "Segment the brain tumour."), taught only elsewhere, or never
+    taught. A prompt that is not a segmentation request, or names only what the model already says in its
+    own words, is passed as given. On an image of "unknown" modality any taught name is answerable."""
+    asked = requested_names(prompt)
+    known = {n.lower() for names in vocabulary.values() for n in names}
+    here = sorted(known) if modality == "unknown" else sorted(vocabulary.get(modality, []))
+    req = Request(prompt=prompt, here=here)
+    if not asked:
+        return req
+    here_keys = {h.lower() for h in here}
+    for n in asked:
+        got = expand(n, here_keys)
+        if got:
+            req.names += [g for g in got if g not in req.names]
+        elif resolve(n, known) is None:
+            req.unknown.append(n)
+        else:
+            req.elsewhere[n] = sorted(m for m, names in vocabulary.items() if resolve(n, {x.lower() for x in names}))
+    if req.names:
+        req.prompt = canonical_prompt(req.names)
+    return req
 
 
 def unknown_names(prompt: str, known: set[str]) -> list[str]:

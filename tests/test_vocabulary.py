@@ -18,7 +18,7 @@ from rcmed.data.synth import synth
 from rcmed.io.image import MedicalImage
 from rcmed.io.normalize import normalize
 from rcmed.predictor import Predictor
-from rcmed.vocabulary import requested_names, resolve, unknown_names
+from rcmed.vocabulary import canonical_prompt, read_request, requested_names, resolve, unknown_names
 
 KNOWN = {"liver", "kidneys", "tumour", "optic disc", "left lung", "right lung", "nuclei", "polyp", "vessels"}
 
@@ -97,8 +97,14 @@ def test_a_name_taught_only_on_another_modality_gets_no_mask(taught):
     assert doc["known"] is True and doc["not_trained_for"] == ["polyp"] and doc["trained_only_on"] == {"polyp": ["endoscopy"]}
     both = p.predict("Segment the polyp and the unicorn.")
     assert both.targets == [] and both.unknown == ["unicorn"] and list(both.off_modality) == ["polyp"]
-    # one name taught here is enough for the request to reach the model
-    assert p.predict("Segment the liver and the polyp.").off_modality == {}
+    # the names taught here reach the model, by their trained names in the training template; the others are
+    # said in words and get no mask
+    mixed = p.predict("Could you outline the livers and the polyp for me?")
+    assert mixed.off_modality == {"polyp": ["endoscopy"]} and "polyp" not in [t.name for t in mixed.targets]
+    assert mixed.text.endswith("I was trained to find 'polyp' only on endoscopy images, not on ct images, so I drew "
+                               "no mask for it.")
+    assert p.read("Could you outline the livers and the polyp for me?", "ct").prompt == "Segment the liver."
+    assert p.read("Where is the kidney and the unicorn?", "ct").prompt == "Segment the kidneys."
     # an image of unknown modality may hold any target the model knows
     p.set_image(MedicalImage(array=synth("ct", 2, size=64).image.array))
     assert p.predict("Segment the polyp.").off_modality == {}
@@ -129,3 +135,16 @@ def test_a_damaged_targets_list_is_a_clear_model_error(taught, tmp_path):
     (folder / "targets.json").write_text('["liver", "kidneys"]')
     with pytest.raises(ModelNotAvailableError, match="targets.json"):
         Predictor.from_pretrained(folder)
+
+
+def test_a_request_is_read_into_the_training_template():
+    taught = {"xray": ["heart", "left lung", "right lung"], "mri": ["brain tumour"], "endoscopy": ["polyp"]}
+    lungs = read_request("Please show me the lungs in this X-ray.", taught, "xray")
+    assert lungs.prompt == "Segment the left lung and the right lung." and lungs.names == ["left lung", "right lung"]
+    assert read_request("Where is the tumor?", taught, "mri").prompt == "Segment the brain tumour."
+    twice = read_request("Segment the heart, the hearts and the unicorn.", taught, "xray")
+    assert twice.prompt == "Segment the heart." and twice.unknown == ["unicorn"] and not twice.refused
+    assert read_request("Segment the polyp.", taught, "xray").refused
+    assert read_request("Describe the image.", taught, "xray").prompt == "Describe the image."  # not a request for names
+    assert read_request("Segment the polyp.", taught, "unknown").prompt == "Segment the polyp."
+    assert canonical_prompt(["a", "b", "c"]) == "Segment the a, the b and the c."
