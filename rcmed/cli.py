@@ -318,6 +318,9 @@ def eval_cmd(
     unet_size: int = typer.Option(128, help="Input side of the U-Net baseline in pixels."),
     mask_paths: bool = typer.Option(False, "--mask-paths", help="Also score the model's box-prompted mask paths (box, both)."),
     ablation: list[str] = typer.Option([], "--ablation", help="Ablations of the first model: no-loop."),
+    prompt_suite: Optional[int] = typer.Option(None, "--prompt-suite", help="Also ask the prompt suite (paraphrases, "
+                                               "synonyms, several targets, unknown and other-modality names) on N records "
+                                               "of each dataset -> prompt_suite.csv."),
 ) -> None:
     """Evaluate models per task, modality and scale; baselines and ablations side by side."""
     from rcmed.eval.harness import evaluate
@@ -327,6 +330,13 @@ def eval_cmd(
                       per_dataset=per_dataset, unet_size=unet_size, mask_paths=mask_paths)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"{report.rows} questions over {report.cases} cases; results in {out}")
+    if prompt_suite is not None:
+        from rcmed.eval.prompt_suite import run_prompt_suite
+        from rcmed.predictor import Predictor
+
+        table = run_prompt_suite(Predictor.from_pretrained(model[0]), data, out, split=split, per_dataset=prompt_suite,
+                                 progress=sys.stderr.isatty())
+        typer.echo(f"prompt suite: {sum(int(r['questions']) for r in table)} questions -> {out / 'prompt_suite.csv'}")
 
 
 @app.command()

@@ -31,7 +31,7 @@ SYNONYMS: dict[str, str] = {
 _VERBS = r"(?:segment|outline|delineate|find|show(?: me)?|mark|highlight|locate|detect|draw|contour|mask)"
 _REQUEST = [
     re.compile(rf"^(?:please\s+)?(?:can|could|would|will)\s+you\s+(?:please\s+)?{_VERBS}\s+(?P<names>.+?)(?:\s+for me)?\s*[.?!]*$", re.I),
-    re.compile(rf"^(?:please\s+)?{_VERBS}\s+(?P<names>.+?)\s*[.?!]*$", re.I),
+    re.compile(rf"^(?:please\s+)?{_VERBS}\s+(?P<names>.+?)(?:\s+for me)?(?:,?\s+please)?\s*[.?!]*$", re.I),
     re.compile(r"^where\s+(?:is|are)\s+(?P<names>.+?)\s*[.?!]*$", re.I),
 ]
 _TAIL = re.compile(r"\s+(?:in|on|of)\s+(?:this|the|these|that)\s+[\w\s-]*?(?:image|scan|slice|picture|photo|photograph|"

@@ -147,26 +147,68 @@ def worst_lines() -> list[str]:
     return lines
 
 
+def stages() -> list[str]:
+    """The decoder-stage runs behind the shipped weights, in order (their validation records in eval/)."""
+    return sorted(p.name.split("_")[0] for p in EVAL.glob("real*_val_summary.json"))
+
+
 def stage_lines() -> list[str]:
-    """The decoder stage's validation scores per dataset: at presence 0.5 and with the per-target cuts."""
-    path = EVAL / "real2_val_summary.json"
-    if not path.is_file():
+    """The decoder stage's validation scores per dataset (the last stage's kept weights): at presence 0.5 and with
+    the per-target cuts, over all questions and over those the model decides itself; then the history of every stage."""
+    names = stages()
+    if not names:
         return ["(no decoder stage recorded)"]
-    summ = json.loads(path.read_text())
+    summ = json.loads((EVAL / f"{names[-1]}_val_summary.json").read_text())
     at, cut = summ["at_0.5"], summ["with_cuts"]
-    lines = ["| dataset | Dice, presence at 0.5 | present / absent acc. | Dice, per-target cuts | present / absent acc. |",
-             "|---|---|---|---|---|"]
+    decided = summ.get("decided_with_cuts", {})
+    lines = ["| dataset | Dice, presence at 0.5 | present / absent acc. | Dice, per-target cuts | present / absent acc. "
+             "| absent acc., questions the model decides (with cuts) |", "|---|---|---|---|---|---|"]
     for d in sorted(at):
         a, c = at[d], cut.get(d, {})
         lines.append(f"| {d} | {_fmt(a.get('dice'))} | {_fmt(a.get('present'), 2)} / {_fmt(a.get('absent'), 2)} | "
-                     f"{_fmt(c.get('dice'))} | {_fmt(c.get('present'), 2)} / {_fmt(c.get('absent'), 2)} |")
-    lines.append(f"| **mean over real datasets** | {_fmt(summ['mean_dice_at_0.5'])} | | {_fmt(summ['mean_dice_with_cuts'])} | |")
-    hist_path = EVAL / "real2_val_history.json"
-    if hist_path.is_file():
-        hist = json.loads(hist_path.read_text())
-        lines += ["", "Validation mean Dice (real datasets, presence at 0.5) at each evaluation of the stage (step 0 is "
-                  "real1's decoder): " + ", ".join(f"step {h['step']}: {h['mean_dice']:.3f}" for h in hist)
-                  + f"; the weights of step {summ['best_step']} were kept."]
+                     f"{_fmt(c.get('dice'))} | {_fmt(c.get('present'), 2)} / {_fmt(c.get('absent'), 2)} | "
+                     f"{_fmt(decided.get(d, {}).get('absent'), 2)} |")
+    lines.append(f"| **mean over real datasets** | {_fmt(summ['mean_dice_at_0.5'])} | | {_fmt(summ['mean_dice_with_cuts'])} | | |")
+    if summ.get("cuts_chosen_on"):
+        lines += ["", f"The presence cuts were chosen on the {summ['cuts_chosen_on']}: questions about targets taught only "
+                  "on other modalities are refused by rule before the model is asked, and are left out of the choice."]
+    hist = []
+    offset = 0
+    for name in names:
+        path = EVAL / f"{name}_val_history.json"
+        if path.is_file():
+            part = json.loads(path.read_text())
+            hist += [f"{name} step {h['step']} (stage step {offset + h['step']}): {h['mean_dice']:.3f}" for h in part]
+        offset += len(_rows(WEIGHTS / f"{name}_metrics.csv"))
+    if hist:
+        lines += ["", "Validation mean Dice (real datasets, presence at 0.5) at each evaluation; step 0 of a run is the weights "
+                  "it started from: " + "; ".join(hist) + f". The weights of {names[-1]} step {summ['best_step']} were kept."]
+    return lines
+
+
+SUITE_BARS = {"paraphrase": -0.03, "synonym": -0.03, "multi": -0.03}  # Dice against the template (issue 20)
+REFUSAL_BAR = 0.95  # names never taught refused (issue 20)
+
+
+def prompt_suite_lines(path: Path) -> list[str]:
+    """The prompt suite's table (`rcmed.eval.prompt_suite`), each row against its bar."""
+    rows = _rows(path)
+    if not rows:
+        return ["(not measured)"]
+    lines = ["| category | family | questions | Dice (present) | vs template | present acc. | absent acc. | refused | bar |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta, refused = _f(r.get("dice_vs_template")), _f(r.get("refusal_accuracy"))
+        bar = SUITE_BARS.get(r["category"])
+        if bar is not None and delta is not None:
+            ok = _met(delta >= bar) + f" (≥ {bar})"
+        elif r["category"] == "unknown" and refused is not None:
+            ok = _met(refused >= REFUSAL_BAR) + f" (≥ {REFUSAL_BAR})"
+        else:
+            ok = ""
+        lines.append(f"| {r['category']} | {r['family']} | {r['questions']} | {_fmt(_f(r.get('dice')))} | "
+                     f"{'' if delta is None else f'{delta:+.3f}'} | {_fmt(_f(r.get('present_accuracy')), 2)} | "
+                     f"{_fmt(_f(r.get('absent_accuracy')), 2)} | {_fmt(refused, 2)} | {ok} |")
     return lines
 
 
@@ -215,7 +257,7 @@ def build() -> tuple[str, str]:
     phantom_mean = float(np.mean([float(r["dice"]) for r in phantom])) if phantom else None
     metrics = _rows(WEIGHTS / "real1_metrics.csv")
     step_min = sum(float(r["step_s"]) for r in metrics) / 60 if metrics else None
-    stage = _rows(WEIGHTS / "real2_metrics.csv")
+    stage = [r for name in stages() for r in _rows(WEIGHTS / f"{name}_metrics.csv")]
     stage_min = sum(float(r["step_s"]) for r in stage) / 60 if stage else None
     rounds = json.loads((WEIGHTS / "config.json").read_text()).get("loop_rounds")
     rules = json.loads((WEIGHTS / "postprocess.json").read_text()) if (WEIGHTS / "postprocess.json").is_file() else {}
@@ -294,11 +336,25 @@ def build() -> tuple[str, str]:
         "",
         *path_lines,
         "",
-        "**Decoder stage on the validation splits** (`python scripts/train_default.py real2`: every validation question,",
+        f"**Decoder stage on the validation splits** (`python scripts/train_default.py {' then '.join(stages()) or 'real2'}`: every validation question,",
         "teacher-forced \"Segment the X.\", Dice at the model's 256-pixel input; the cuts were chosen on these same",
         "questions, so the right-hand columns flatter them; the test table above is the honest one):",
         "",
         *stage_lines(),
+        "",
+        "**Prompt suite on the test splits** (`rcmed.eval.prompt_suite`, in the same one scoring: "
+        "`PROMPT_SUITE_PER_DATASET` test records of each dataset; one present and one absent target of each record asked "
+        "in the template and in every paraphrase family; synonyms and spelling variants; two to four targets in one "
+        "request against each asked alone; a name never taught; a name taught only on another modality). The request "
+        "reader (`rcmed.vocabulary.read_request`) puts the families it recognises into the training template, so those "
+        "rows equal the template by construction; `would-like-segmented` and `is-there-outline` reach the language model "
+        "as written:",
+        "",
+        *prompt_suite_lines(EVAL / "real_test_prompt_suite.csv"),
+        "",
+        "The same suite on the fresh phantoms of the phantom check:",
+        "",
+        *prompt_suite_lines(EVAL / "phantom_fresh_prompt_suite.csv"),
         "",
         "**Modality recognition** (`rcmed.model.modality`, used only when neither the caller nor the file names the",
         "modality):",
@@ -336,11 +392,26 @@ def build() -> tuple[str, str]:
            "round's decoder only, and the second round (the found region read back by the language model) is not "
            "shipped until it is retrained and shown to help." if rounds == 1 else f"The shipped model runs {rounds} loop rounds."),
     ]
+    suite = _rows(EVAL / "real_test_prompt_suite.csv")
+    by_cat: dict[str, list[dict[str, str]]] = {}
+    for r in suite:
+        by_cat.setdefault(r["category"], []).append(r)
+    suite_lines = ["| request | questions | Dice (present) | vs template | absent acc. | refused |", "|---|---|---|---|---|---|"]
+    for cat, rs in by_cat.items():
+        n = sum(int(r["questions"]) for r in rs)
+
+        def mean(key: str, rs=rs) -> str:
+            v = [(_f(r.get(key)), int(r["questions"])) for r in rs if _f(r.get(key)) is not None]
+            return _fmt(sum(a * w for a, w in v) / sum(w for _, w in v), 3) if v else "–"
+        suite_lines.append(f"| {cat} | {n} | {mean('dice')} | {mean('dice_vs_template')} | {mean('absent_accuracy')} | "
+                           f"{mean('refusal_accuracy')} |")
     readme = [
         "Real test splits of twelve public datasets (words alone; generated from the model's result files by",
         "`scripts/real_card.py`; details, references and the protocol in the [model card](rcmed/weights/default/README.md)):",
         "",
         *table,
+        *(["", "The same model asked in other words, on a subset of the same test records (the prompt suite; per family in "
+           "the card):", "", *suite_lines] if suite else []),
     ]
     return "\n".join(card), "\n".join(readme)
 

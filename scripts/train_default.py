@@ -364,8 +364,10 @@ def evaluate_default() -> None:
 REALDATA = ROOT.parent / "shared" / "realdata"  # override with RCMED_REALDATA; never copied into the project
 REAL_RUNS = ("real1",)  # continued from the shipped phantom model on real train splits + phantoms
 SHIPPED_REAL = "real2"  # the run `export_real` ships: real1's model after the decoder stage (`real2`)
+DECODER_STAGES = ("real2", "real3")  # decoder-stage runs, each continuing the one before
 REAL_VAL_PER_DATASET = 5  # validation records asked per dataset when models are compared (`realval`)
 REAL_TEST_PER_DATASET = 10  # test records per dataset in the one scoring of a shipped model (`realtest`)
+PROMPT_SUITE_PER_DATASET = 3  # of those, the records asked the prompt suite (about 20 questions each)
 UNET_BUDGET_S = 1800.0  # seconds (one thread) for the U-Net reference on the real train splits (`realunet`)
 UNET_SIZE = 128  # its input side in pixels (more steps in the budget than at 256)
 UNET_WEIGHTS = RUNS / "unet-real" / f"unet-{UNET_SIZE}.safetensors"
@@ -421,11 +423,15 @@ def export_real() -> None:
     for f in ("modality.safetensors", "modality_val.json"):  # the modality head (`modality` step), when there is one
         if (run / "model" / f).is_file():
             shutil.copy2(run / "model" / f, WEIGHTS / f if f.endswith(".safetensors") else WEIGHTS / "eval" / f)
-    if (run / "val_summary.json").is_file():  # the decoder stage's validation record
-        (WEIGHTS / "eval").mkdir(exist_ok=True)
+    (WEIGHTS / "eval").mkdir(exist_ok=True)
+    stages = DECODER_STAGES[:DECODER_STAGES.index(SHIPPED_REAL) + 1] if SHIPPED_REAL in DECODER_STAGES else ()
+    for stale in [*WEIGHTS.glob("real*_metrics.csv"), *(WEIGHTS / "eval").glob("real*_val_*.json")]:
+        if stale.name.split("_")[0] not in (*REAL_RUNS, *stages):
+            stale.unlink()
+    for name in stages:  # the decoder stages behind the shipped weights, each with its validation record
         for f in ("val_summary.json", "val_history.json"):
-            shutil.copy2(run / f, WEIGHTS / "eval" / f"{SHIPPED_REAL}_{f}")
-        shutil.copy2(run / "metrics.csv", WEIGHTS / f"{SHIPPED_REAL}_metrics.csv")
+            shutil.copy2(RUNS / f"default-{name}" / f, WEIGHTS / "eval" / f"{name}_{f}")
+        shutil.copy2(RUNS / f"default-{name}" / "metrics.csv", WEIGHTS / f"{name}_metrics.csv")
     cfg = TrainConfig.load(RUNS / f"default-{REAL_RUNS[-1]}" / "train.json")  # the data real1 (and the stage) saw
     old = json.loads((WEIGHTS / "targets.json").read_text())
     write_targets(cfg, WEIGHTS / "targets.json")
@@ -683,6 +689,7 @@ def realtest() -> None:
     ours = [r["dice"] for r in rep.tables["datasets"] if r["method"] == "rcmed"]
     entry = {"sha256": _model_sha(WEIGHTS), "shipped": True, "mean_dice": round(float(np.mean(ours)), 4),
              "date": time.strftime("%Y-%m-%d"), "records_per_dataset": REAL_TEST_PER_DATASET}
+    _prompt_suite(DATA / "real-built", out, shipped / "real_test_prompt_suite.csv")
     log = shipped / "real_test_log.jsonl"  # every model scored stays listed; only the latest one ships
     earlier = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
     lines = [json.dumps({**e, "shipped": False}) for e in earlier] + [json.dumps(entry)]
@@ -746,6 +753,21 @@ def phantomcheck() -> None:
     mean = np.mean([r["dice"] for r in rep.tables["modalities"] if r["method"] == "rcmed"])
     print(f"phantom check: {rep.rows} questions, mean Dice over modalities {mean:.4f} in {time.time() - t0:.0f} s")
     shutil.copy2(out / "modalities.csv", WEIGHTS / "eval" / "phantom_fresh_modalities.csv")
+    _prompt_suite(store, out, WEIGHTS / "eval" / "phantom_fresh_prompt_suite.csv")
+
+
+def _prompt_suite(store: Path, out: Path, to: Path) -> None:
+    """The prompt suite (`rcmed.eval.prompt_suite`) of the shipped model on PROMPT_SUITE_PER_DATASET test records of
+    each dataset of `store`, in the same one scoring as the tables beside it."""
+    from rcmed.eval.prompt_suite import run_prompt_suite
+    from rcmed.predictor import Predictor
+
+    t0 = time.time()
+    table = run_prompt_suite(Predictor.from_pretrained(WEIGHTS), store, out, split="test", per_dataset=PROMPT_SUITE_PER_DATASET)
+    print(f"prompt suite on {store.name}: {sum(r['questions'] for r in table)} questions in {time.time() - t0:.0f} s")
+    for r in table:
+        print("  " + ", ".join(f"{k} {v}" for k, v in r.items()))
+    shutil.copy2(out / "prompt_suite.csv", to)
 
 
 STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.json") for name in TRAIN_RUNS},
