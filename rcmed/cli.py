@@ -317,7 +317,7 @@ def eval_cmd(
     per_dataset: Optional[int] = typer.Option(None, help="Evaluate at most N records of each dataset (fixed choice by record id)."),
     unet_size: int = typer.Option(128, help="Input side of the U-Net baseline in pixels."),
     mask_paths: bool = typer.Option(False, "--mask-paths", help="Also score the model's box-prompted mask paths (box, both)."),
-    ablation: list[str] = typer.Option([], "--ablation", help="Ablations of the first model: no-loop."),
+    ablation: list[str] = typer.Option([], "--ablation", help="Ablations of the first model: no-loop, loop, loop-no-region, loop-no-mask-prompt."),
     prompt_suite: Optional[int] = typer.Option(None, "--prompt-suite", help="Also ask the prompt suite (paraphrases, "
                                                "synonyms, several targets, unknown and other-modality names) on N records "
                                                "of each dataset -> prompt_suite.csv."),

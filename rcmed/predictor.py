@@ -29,7 +29,7 @@ from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
 from rcmed.io.slices import from_slices, to_slices
 from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image, source_logits
-from rcmed.model.rcmed import Generation, RCMedModel
+from rcmed.model.rcmed import LOOP_VARIANTS, Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
 from rcmed.postprocess import MASK_PATHS, PostprocessRules, target_key
 from rcmed.tta import allowed, flip_image, unflip
@@ -119,7 +119,7 @@ class Predictor:
         self._feats = None
         self._normalised: np.ndarray | None = None  # the image as encoded, before resizing: (H, W) or (H, W, 3)
         self._mirrors: dict[str, tuple[torch.Tensor, VisionFeatures]] = {}  # flip -> (pixels, features), made on demand
-        self._decoded: dict[tuple, torch.Tensor] = {}  # (ids, rounds, flip) -> mirror logits of the last answer
+        self._decoded: dict[tuple, torch.Tensor] = {}  # (ids, rounds, loop, flip) -> mirror logits of the last answer
         self._last: tuple[tuple, Generation] | None = None  # (request, generation): greedy decoding repeats itself
         self.folder: Path | None = None  # the model folder, when loaded from one
         self._sam = None  # LiteMedSAM's own decoder, loaded on the first "box" mask path
@@ -204,12 +204,13 @@ class Predictor:
 
     def predict(self, prompt: str, points: list[list[float]] | None = None, boxes: list[list[float]] | None = None,
                 point_labels: list[int] | None = None, max_new_tokens: int | None = None,
-                rounds: int | None = None, flips: tuple[str, ...] | list[str] | None = None,
+                rounds: int | None = None, flips: tuple[str, ...] | list[str] | None = None, loop: str = "full",
                 mask_path: str | None = None) -> Answer:
         """Answer `prompt` about the image of `set_image`. `boxes`: source-pixel [x0, y0, x1, y1],
         one for all targets or one per target; `points`: source-pixel [x, y] shared by all targets,
         with `point_labels` 1 (inside, the default) or 0 (outside). `rounds` overrides the number
-        of closed-loop rounds (1 = no loop; used for ablations). `flips`: the mirrors ("h", "v")
+        of closed-loop rounds (1 = no loop; used for ablations), `loop` its variant ("full", "no-region",
+        "no-mask-prompt": `RCMedModel._rounds`). `flips`: the mirrors ("h", "v")
         whose mask logits are averaged with the image's for every target (`rcmed.tta`); None: each
         target's mirrors from the model folder's rules; () none. Mirrors apply to prompts by words
         alone: with boxes or points the mask is the image's own. Presence is always the image's own.
@@ -238,17 +239,19 @@ class Predictor:
             raise RCMedInputError("flips", str(err)) from None
         model_boxes = None if boxes is None else self._boxes_to_model(boxes)
         model_points = None if points is None else self._points_to_model(points, point_labels)
-        request = (prompt, str(boxes), str(points), str(point_labels), max_new_tokens, rounds)
+        if loop not in LOOP_VARIANTS:
+            raise RCMedInputError("loop", f"unknown loop variant {loop!r}; use one of {LOOP_VARIANTS}")
+        request = (prompt, str(boxes), str(points), str(point_labels), max_new_tokens, rounds, loop)
         if self._last is not None and self._last[0] == request:
             gen = self._last[1]  # the same question about the same image (e.g. again with other mirrors)
         else:
             gen = self.model.generate(self._pixels[None], prompt, feats=self._feats, max_new_tokens=max_new_tokens,
-                                      boxes=model_boxes, points=model_points, rounds=rounds)
+                                      boxes=model_boxes, points=model_points, rounds=rounds, loop=loop)
             self._last = (request, gen)
         spacing = self._image.spacing
         by_words = boxes is None and points is None
         paths = [(mask_path or self.rules.mask_path_for(t.name)) if by_words else "query" for t in gen.targets]
-        boxed = self._box_prompted(prompt, gen, paths, rounds)
+        boxed = self._box_prompted(prompt, gen, paths, rounds, loop)
         targets = []
         for k, t in enumerate(gen.targets):
             present = t.presence >= self.rules.presence_for(t.name, self.presence_threshold)
@@ -260,7 +263,7 @@ class Predictor:
                 mirrors = (self.rules.flips_for(t.name) if flips is None else allowed(t.name, flips)) if by_words else ()
                 logits, views = source_logits(t.mask_logits, self._geom), 1  # (H, W)
                 for f in mirrors:
-                    mirrored = self._mirror_logits(prompt, gen.answer, f, rounds)
+                    mirrored = self._mirror_logits(prompt, gen.answer, f, rounds, loop)
                     if k < len(mirrored):  # (an answer cut at max_new_tokens right after a <seg> has one slot less)
                         logits, views = logits + mirrored[k], views + 1
                 logits = logits / views  # the mean over the image and the mirrors that answered
@@ -287,7 +290,8 @@ class Predictor:
             answer.mask_shape = list(self._image.spatial_shape)
         return _with_modality(answer, self.modality_info)
 
-    def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None) -> dict[int, torch.Tensor]:
+    def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None,
+                      loop: str = "full") -> dict[int, torch.Tensor]:
         """(S, S) model-input mask logits of the targets whose path is "box" or "both", keyed by index: the box
         our decoder predicted for each, as a box prompt into LiteMedSAM's own decoder ("box"), or together with
         the text query into ours ("both": the same answer decoded again with one box per target)."""
@@ -303,7 +307,8 @@ class Predictor:
                 dec = self._litemedsam().segment_boxes(self._feats, boxes[to_sam])
                 out.update({k: dec.masks[j, 0] for j, k in enumerate(to_sam)})
             if len(to_sam) < len(need):  # some target takes "both"
-                again = self.model.generate(self._pixels[None], prompt, feats=self._feats, boxes=boxes, rounds=rounds)
+                again = self.model.generate(self._pixels[None], prompt, feats=self._feats, boxes=boxes, rounds=rounds,
+                                            loop=loop)
                 for k in need:
                     if paths[k] == "both" and k < len(again.targets):
                         out[k] = again.targets[k].mask_logits
@@ -318,14 +323,14 @@ class Predictor:
             self._sam = LiteMedSAM.from_pretrained().eval()
         return self._sam
 
-    def _mirror_logits(self, prompt: str, answer: str, flip: str, rounds: int | None) -> torch.Tensor:
+    def _mirror_logits(self, prompt: str, answer: str, flip: str, rounds: int | None, loop: str = "full") -> torch.Tensor:
         """(K, H, W) source-pixel mask logits of the K targets of `answer`, decoded (the same tokens,
         teacher-forced) on the image mirrored by `flip` and mirrored back. Kept for the last answer
         (asking again with other mirrors decodes only the new ones); mirrored features for the image."""
         ids = self.model.processor.encode(prompt, answer)[0]
-        key = (tuple(ids), rounds, flip)
+        key = (tuple(ids), rounds, loop, flip)
         if key not in self._decoded:
-            if any(k[:2] != key[:2] for k in self._decoded):
+            if any(k[:3] != key[:3] for k in self._decoded):
                 self._decoded = {}  # another answer: memory stays bounded by one answer's mirrors
             assert self._normalised is not None and self._geom is not None
             with torch.inference_mode():
@@ -334,7 +339,7 @@ class Predictor:
                     assert geom == self._geom  # a mirror keeps the size, so the geometry is the same
                     self._mirrors[flip] = (pix, self.model.encode(pix[None]))
                 pix, feats = self._mirrors[flip]
-                out = self.model.decode_answer(pix[None], ids, feats=feats, rounds=rounds)
+                out = self.model.decode_answer(pix[None], ids, feats=feats, rounds=rounds, loop=loop)
             self._decoded[key] = unflip(source_logits(out.masks[:, 0], self._geom), flip)
         return self._decoded[key]
 

@@ -212,6 +212,31 @@ def prompt_suite_lines(path: Path) -> list[str]:
     return lines
 
 
+def loop_lines() -> list[str]:
+    """The closed loop's ablation on validation (`loopval`): Dice per dataset of each variant, and each variant's
+    paired difference from the shipped answer with its bootstrap interval."""
+    rows = _rows(EVAL / "real_val_loop_datasets.csv")
+    if not rows:
+        return ["(not measured)"]
+    rounds = json.loads((WEIGHTS / "config.json").read_text()).get("loop_rounds")
+    label = {"rcmed": f"as shipped ({rounds} round{'s' if rounds != 1 else ''})", "rcmed-loop": "two rounds",
+             "rcmed-loop-no-region": "two rounds, region not fed back", "rcmed-loop-no-mask-prompt": "two rounds, no mask prompt"}
+    methods = [m for m in label if any(r["method"] == m for r in rows)]
+    by = {(r["dataset"], r["method"]): _f(r["dice"]) for r in rows}
+    datasets = sorted({r["dataset"] for r in rows})
+    lines = ["| dataset | " + " | ".join(label[m] for m in methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [f"| {d} | " + " | ".join(_fmt(by.get((d, m))) for m in methods) + " |" for d in datasets]
+    means = [np.mean([v for d in datasets if (v := by.get((d, m))) is not None]) for m in methods]
+    lines.append("| **mean over datasets** | " + " | ".join(_fmt(float(v)) for v in means) + " |")
+    paired_path = EVAL / "real_val_loop_paired.json"
+    if paired_path.is_file():
+        paired = json.loads(paired_path.read_text())
+        lines += ["", "Paired difference from the shipped answer on the same present questions (mean Dice, 95% bootstrap "
+                  "interval): " + "; ".join(f"{label['rcmed-' + k]}: {v['mean_difference']:+.3f} [{v['ci_low']:+.3f}, "
+                                            f"{v['ci_high']:+.3f}] over {v['questions']}" for k, v in paired.items()) + "."]
+    return lines
+
+
 def recognition_lines() -> list[str]:
     val_path, test_rows = EVAL / "modality_val.json", _rows(EVAL / "real_test_recognition.csv")
     if not val_path.is_file() and not test_rows:
@@ -355,6 +380,11 @@ def build() -> tuple[str, str]:
         "The same suite on the fresh phantoms of the phantom check:",
         "",
         *prompt_suite_lines(EVAL / "phantom_fresh_prompt_suite.csv"),
+        "",
+        "**The closed loop, ablated on the validation splits** (`python scripts/train_default.py loopval`: words alone, "
+        "`LOOP_VAL_PER_DATASET` records of each dataset, every variant on the same questions):",
+        "",
+        *loop_lines(),
         "",
         "**Modality recognition** (`rcmed.model.modality`, used only when neither the caller nor the file names the",
         "modality):",

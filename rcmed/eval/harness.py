@@ -38,6 +38,11 @@ class EvalReport:
 _LESION_WORDS = ("lesion", "tumour", "tumor", "nodule", "polyp", "cyst", "mass", "metasta", "pneumothorax", "oedema", "edema")
 
 
+# the closed loop's ablations: Predictor.predict arguments of each (see RCMedModel._rounds)
+ABLATIONS: dict[str, dict[str, object]] = {"no-loop": {"rounds": 1}, "loop": {"rounds": 2},
+                                           "loop-no-region": {"rounds": 2, "loop": "no-region"},
+                                           "loop-no-mask-prompt": {"rounds": 2, "loop": "no-mask-prompt"}}
+
 def _scale(name: str, instance: bool) -> str:
     """organ, lesion or cell: instances are cells; lesion words name lesions; the rest are organs
     and anatomical structures."""
@@ -269,7 +274,9 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
              unet_weights: str | Path | None = None) -> EvalReport:
     """Evaluate one model folder, or several side by side (`--compare`), on `store`'s `split`;
     write cases.jsonl, tables and plots to `out`. The first model is "rcmed" in the tables, the
-    others are named by their folder. Ablations: "no-loop" (the first model with one round).
+    others are named by their folder. Ablations of the first model (`ABLATIONS`): "no-loop" (one round), "loop"
+    (two rounds), "loop-no-region" (two rounds, the found region not fed back to the language model),
+    "loop-no-mask-prompt" (two rounds, the previous mask not given to the decoder).
     `describe`: also paint each record's first present target and ask the model what the coloured
     region is; its answer is checked against the facts the description engine measures.
     `mask_paths`: also score the first model's other two ways from words to a mask (`rcmed.postprocess.MASK_PATHS`:
@@ -301,9 +308,9 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     predictor = Predictor.from_pretrained(model_dir)
     others = {_method_name(m, i): Predictor.from_pretrained(m) for i, m in enumerate(model_dirs[1:], start=1)}
     for a in ablations:
-        if a != "no-loop":
-            raise RCMedInputError("--ablation", f"unknown ablation {a!r}; use no-loop (train without the alignment stage "
-                                                "and pass that model with --model to compare)")
+        if a not in ABLATIONS:
+            raise RCMedInputError("--ablation", f"unknown ablation {a!r}; use one of {sorted(ABLATIONS)} (to compare training "
+                                                "choices, train the other model and pass it with --model)")
     base = {"litemedsam-box": LiteMedSAMBox, "litemedsam-cc-box": LiteMedSAMComponentBoxes, "otsu-watershed": OtsuWatershed,
             "unet": lambda: UNetBaseline(store, budget_s=unet_budget_s, size=unet_size, weights=unet_weights)}
     runners = {}
@@ -375,8 +382,8 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
                     if mask_paths:
                         for path in ("box", "both"):
                             methods.append((f"rcmed-{path}", _first_mask(predictor.predict(prompt, mask_path=path), true.shape)))
-                    if "no-loop" in ablations:
-                        methods.append(("rcmed-no-loop", _first_mask(predictor.predict(prompt, rounds=1), true.shape)))
+                    for a in ablations:
+                        methods.append((f"rcmed-{a}", _first_mask(predictor.predict(prompt, **ABLATIONS[a]), true.shape)))
                     if is_inst:
                         from scipy import ndimage as ndi
 

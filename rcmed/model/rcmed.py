@@ -29,6 +29,8 @@ from rcmed.model.medsam import build_sam_parts, load_litemedsam_into
 from rcmed.model.processing import Batch, Processor  # Batch: re-exported, defined beside build_batch
 from rcmed.model.vision import VisionFeatures
 
+LOOP_VARIANTS = ("full", "no-region", "no-mask-prompt")  # see RCMedModel._rounds
+
 
 @dataclass
 class TargetOutput:
@@ -152,16 +154,24 @@ class RCMedModel(nn.Module):
 
     def _rounds(self, feats: VisionFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 visual: torch.Tensor, first_hidden: torch.Tensor, rounds: int,
-                boxes: torch.Tensor | None = None, points=None) -> list[DecoderOutput]:
-        """Decoder outputs of every loop round, given round 1's last hidden states."""
+                boxes: torch.Tensor | None = None, points=None, loop: str = "full") -> list[DecoderOutput]:
+        """Decoder outputs of every loop round, given round 1's last hidden states. After round 1 each round
+        feeds the found region back to the language model (region features at the `<region>` slots) and gives
+        the previous mask logits to the decoder as its dense prompt. `loop` switches one part off, for
+        ablations (`LOOP_VARIANTS`): "no-region" (the language side is not told the region: round 1's states
+        are reused) or "no-mask-prompt" (the decoder is not given the previous mask)."""
+        if loop not in LOOP_VARIANTS:
+            raise ValueError(f"unknown loop variant {loop!r}; use one of {LOOP_VARIANTS}")
         b_idx, pos = self._slots(input_ids)
         outs = [self.decode(feats, self.seg_query(first_hidden[b_idx, pos]), b_idx, boxes=boxes, points=points)]
         for _ in range(1, rounds):
             prev = outs[-1].masks[:, 0]
-            regions = self.region_pooler(torch.sigmoid(prev)[:, None], feats.levels, b_idx)
-            out = self.run_lm(self.embed(input_ids, visual, regions), attention_mask)
-            h = out.hidden_states[-1]
-            outs.append(self.decode(feats, self.seg_query(h[b_idx, pos]), b_idx, prev_logits=prev, boxes=boxes, points=points))
+            h = first_hidden
+            if loop != "no-region":
+                regions = self.region_pooler(torch.sigmoid(prev)[:, None], feats.levels, b_idx)
+                h = self.run_lm(self.embed(input_ids, visual, regions), attention_mask).hidden_states[-1]
+            outs.append(self.decode(feats, self.seg_query(h[b_idx, pos]), b_idx,
+                                    prev_logits=None if loop == "no-mask-prompt" else prev, boxes=boxes, points=points))
         return outs
 
     # ------------------------------------------------------------------ training
@@ -195,11 +205,12 @@ class RCMedModel(nn.Module):
     def generate(self, pixel_values: torch.Tensor, prompt: str, max_new_tokens: int | None = None,
                  do_sample: bool = False, temperature: float = 1.0, feats: VisionFeatures | None = None,
                  rounds: int | None = None, seed: int = 0, boxes: torch.Tensor | None = None,
-                 points: tuple[torch.Tensor, torch.Tensor] | None = None) -> Generation:
+                 points: tuple[torch.Tensor, torch.Tensor] | None = None, loop: str = "full") -> Generation:
         """Answer `prompt` about one image (1, 3, S, S). Greedy by default; KV cache; each `<seg>`
         the LM emits is followed by a forced `<region>` slot; all targets are decoded together.
         `boxes` (1, 4) for every target or (K, 4) one per target: pixel boxes in the model input;
-        `points` ((1, P, 2) xy, (1, P) labels) likewise shared by all targets or one set per target."""
+        `points` ((1, P, 2) xy, (1, P) labels) likewise shared by all targets or one set per target.
+        `rounds` overrides the number of loop rounds, `loop` its variant (ablations; see `_rounds`)."""
         self.eval()
         feats = feats if feats is not None else self.encode(pixel_values)
         visual = self.visual_tokens(feats)
@@ -255,7 +266,8 @@ class RCMedModel(nn.Module):
             elif xy.shape[0] != k:
                 raise ValueError(f"{xy.shape[0]} point sets for {k} targets; give one set or one per target")
             points = (xy, lab)
-        outs = self._rounds(feats, full, None, visual, first, rounds or self.config.loop_rounds, boxes=boxes, points=points)
+        outs = self._rounds(feats, full, None, visual, first, rounds or self.config.loop_rounds, boxes=boxes, points=points,
+                            loop=loop)
         final = outs[-1]
         names = _target_names(text)
         for k in range(final.masks.shape[0]):
@@ -266,7 +278,7 @@ class RCMedModel(nn.Module):
 
     @torch.inference_mode()
     def decode_answer(self, pixel_values: torch.Tensor, input_ids: list[int], feats: VisionFeatures | None = None,
-                      rounds: int | None = None) -> DecoderOutput:
+                      rounds: int | None = None, loop: str = "full") -> DecoderOutput:
         """Decode a fixed (prompt + answer) token sequence on a batch of images (B, 3, S, S):
         targets come out batch-major, K per image (last loop round). `feats`: the images' encoder
         features when already computed; `rounds` overrides the number of closed-loop rounds."""
@@ -276,7 +288,7 @@ class RCMedModel(nn.Module):
         visual = self.visual_tokens(feats)
         ids = torch.tensor([input_ids]).expand(b, -1)
         h = self.run_lm(self.embed(ids, visual), None).hidden_states[-1]
-        return self._rounds(feats, ids, None, visual, h, rounds or self.config.loop_rounds)[-1]
+        return self._rounds(feats, ids, None, visual, h, rounds or self.config.loop_rounds, loop=loop)[-1]
 
     # ------------------------------------------------------------------ weights
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -207,6 +207,39 @@ def score(model: RCMedModel, items: list[Item], chunk: int = 16) -> list[dict[st
     return rows
 
 
+@torch.inference_mode()
+def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16) -> list[tuple[str, dict[str, float]]]:
+    """Per present question, Dice (at logit 0, model-input pixels) of each way from words to a mask
+    (`rcmed.postprocess.MASK_PATHS`, as `Predictor` runs them): "query" (the text query into our decoder), "box"
+    (the box our decoder predicts, as a box prompt into LiteMedSAM's own decoder `sam`) and "both" (query and
+    that box into ours). For `rcmed.postprocess.choose_mask_paths`."""
+    model.eval()
+    size = model.config.vision.img_size
+    present = [it for it in items if it.mask is not None and bool(it.mask.any())]
+    out: list[tuple[str, dict[str, float]]] = []
+    for i in range(0, len(present), chunk):
+        part = present[i:i + chunk]
+        first = _decode(model, part, None)
+        boxes = first.box.float() * size  # normalised x0, y0, x1, y1 -> model-input pixels, as the predictor
+        boxes = torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, size - 1)
+        paths = list(dict.fromkeys(it.feature for it in part))
+        feats = _features(paths)
+        index = torch.tensor([paths.index(it.feature) for it in part])
+        per_item = VisionFeatures(levels=[feats.levels[0][index]], embedding=feats.embedding[index])
+        by_box = sam.segment_boxes(per_item, boxes)
+        hidden = torch.stack([it.hidden[0] for it in part])
+        both = model.decode(feats, model.seg_query(hidden), index, boxes=boxes)
+        for j, it in enumerate(part):
+            out.append((it.name, {"query": _dice(first.masks[j, 0] > 0, it.mask), "box": _dice(by_box.masks[j, 0] > 0, it.mask),
+                                  "both": _dice(both.masks[j, 0] > 0, it.mask)}))
+    return out
+
+
+def _dice(pred: torch.Tensor, true: torch.Tensor) -> float:
+    denom = int(pred.sum() + true.sum())
+    return 1.0 if denom == 0 else 2 * int((pred & true).sum()) / denom
+
+
 def summarise(rows: list[dict[str, object]], cuts: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
     """Per dataset: words-alone Dice (a present target called absent scores 0), present and absent accuracy."""
     cuts = cuts or {}

@@ -107,10 +107,14 @@ def test_compare_models_and_no_loop_ablation(tiny_trained, store, tmp_path):
     other = tmp_path / "second"
     shutil.copytree(tiny_trained, other)
     res = CliRunner().invoke(app, ["eval", "--model", str(tiny_trained), "--model", str(other), "--data", str(store),
-                                   "--out", str(tmp_path / "cmp"), "--ablation", "no-loop", "--limit", "6"])
+                                   "--out", str(tmp_path / "cmp"), "--ablation", "no-loop", "--ablation", "loop",
+                                   "--ablation", "loop-no-region", "--ablation", "loop-no-mask-prompt", "--limit", "6"])
     assert res.exit_code == 0, res.output
     methods = {line.split(",")[0] for line in (tmp_path / "cmp" / "modalities.csv").read_text().splitlines()[1:]}
-    assert methods == {"rcmed", "second", "rcmed-no-loop"}
+    assert methods == {"rcmed", "second", "rcmed-no-loop", "rcmed-loop", "rcmed-loop-no-region", "rcmed-loop-no-mask-prompt"}
+    bad = CliRunner().invoke(app, ["eval", "--model", str(tiny_trained), "--data", str(store), "--out", str(tmp_path / "x"),
+                                   "--ablation", "no-brain"])
+    assert bad.exit_code == 2 and "unknown ablation" in bad.output
 
 
 def test_unet_baseline_trains_on_the_train_split(tiny_trained, store, tmp_path):

@@ -54,7 +54,15 @@ def test_closed_loop_changes_the_masks():
         vis = m.visual_tokens(feats)
         h = m.run_lm(m.embed(batch.input_ids, vis), batch.attention_mask).hidden_states[-1]
         r1, r2 = m._rounds(feats, batch.input_ids, batch.attention_mask, vis, h, 2)
+        calls = []
+        m.run_lm = lambda *a, **k: calls.append(1) or RCMedModel.run_lm(m, *a, **k)
+        _, no_region = m._rounds(feats, batch.input_ids, batch.attention_mask, vis, h, 2, loop="no-region")
+        assert calls == []  # the language model is not asked again: round 1's states are reused
+        _, no_prompt = m._rounds(feats, batch.input_ids, batch.attention_mask, vis, h, 2, loop="no-mask-prompt")
+        assert calls == [1]
     assert not torch.allclose(r1.masks, r2.masks)
+    # each ablation takes one part of the loop away, and each part changes the second round
+    assert not torch.allclose(no_region.masks, r2.masks) and not torch.allclose(no_prompt.masks, r2.masks)
 
 
 def test_overfits_phantoms_and_learns_absence(tiny_trained):

@@ -5,6 +5,7 @@ best step kept; and the modality head's training features from the same store.""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -56,6 +57,24 @@ def test_collect_train_and_keep_the_best_step(built, tmp_path):
     summary = ds.summarise(rows)
     assert set(summary) == {val[0].dataset}
     assert all(0.0 <= r["presence"] <= 1.0 for r in rows)
+
+    class FilledBox:
+        """Stands in for LiteMedSAM's decoder: the box it is given, filled."""
+
+        def segment_boxes(self, feats, boxes):
+            assert feats.embedding.shape[0] == boxes.shape[0]  # one image's features per box
+            masks = torch.full((len(boxes), 1, 64, 64), -1.0)
+            for k, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+                masks[k, 0, y0:y1 + 1, x0:x1 + 1] = 1.0
+            return SimpleNamespace(masks=masks)
+
+    paths = ds.score_paths(model, val, FilledBox(), chunk=3)
+    present = [it for it in val if it.mask is not None and bool(it.mask.any())]
+    assert [n for n, _ in paths] == [it.name for it in present]
+    assert all(set(d) == {"query", "box", "both"} and all(0.0 <= v <= 1.0 for v in d.values()) for _, d in paths)
+    # the query path is the one `score` measures
+    assert [d["query"] for _, d in paths] == pytest.approx([r["dice"] for r in rows if r["present"] and "dice" in r
+                                                           and any(r["record"] == it.record for it in present)])
 
 
 def test_modality_features_from_a_store(built):
