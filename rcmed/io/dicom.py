@@ -83,13 +83,16 @@ def _check_deflated(path: Path, max_bytes: int) -> None:
             return
         d = zlib.decompressobj(-zlib.MAX_WBITS)
         total = 0
-        while chunk := fp.read(1 << 20):
+        while not d.eof and (chunk := fp.read(1 << 20)):
             buf = chunk
-            while buf:
-                total += len(d.decompress(buf, 1 << 22))
+            while buf and not d.eof:  # (after the end of the stream zlib keeps handing back a tail: stop there)
+                out = d.decompress(buf, 1 << 22)
+                total += len(out)
                 if total > max_bytes:
                     raise ImageTooLargeError(path.name, f"deflated DICOM inflates to more than {max_bytes:,} bytes; "
                                                         "refused before decoding")
+                if not out and d.unconsumed_tail == buf:
+                    break  # no progress: damaged stream, left to pydicom to refuse
                 buf = d.unconsumed_tail
 
 
@@ -131,8 +134,9 @@ def _safe_metadata(ds, n_files: int) -> dict[str, str | int | float]:
     return meta
 
 
-def _pixels(ds, path: Path) -> np.ndarray:
-    """Decode pixel data and apply the modality LUT (rescale slope/intercept)."""
+def _pixels(ds, path: Path, factor: int = 1) -> np.ndarray:
+    """Decode pixel data and apply the modality LUT (rescale slope/intercept). `factor` > 1 reduces a 2-D
+    image by that integer factor (block mean) before the LUT, so a huge slice never exists in floating point."""
     from pydicom.pixels import apply_modality_lut
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -149,6 +153,8 @@ def _pixels(ds, path: Path) -> np.ndarray:
         ) from None
     except (ValueError, EOFError, OSError, AttributeError, TypeError, KeyError) as exc:
         raise CorruptFileError(path.name, f"pixel data is damaged or truncated ({exc.__class__.__name__})") from None
+    if factor > 1:
+        arr = block_mean(arr, factor)
     photometric = str(getattr(ds, "PhotometricInterpretation", ""))
     if photometric in ("MONOCHROME1", "MONOCHROME2") and ("RescaleSlope" in ds or "ModalityLUTSequence" in ds):
         out = apply_modality_lut(arr, ds)
@@ -211,10 +217,13 @@ def read_dicom_file(path: Path, modality: Modality, limits: ReadLimits) -> Medic
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     frames = _frames(ds)
     check_shape(path, (frames, rows, cols, spp), limits)
-    arr = _pixels(ds, path)
+    # a huge 2-D image is reduced on read, as PNG and TIFF are (`ReadLimits.max_2d_side`)
+    factor = -(-max(rows, cols) // limits.max_2d_side) if frames == 1 and max(rows, cols) > limits.max_2d_side else 1
+    arr = _pixels(ds, path, factor)
     check_finite(path, arr)
     rgb = spp == 3
     r, c, (sr, sc), known = _plane(ds)
+    sr, sc = sr * factor, sc * factor
     pos = _position(ds)
     normal = np.cross(r, c)
     affine = np.eye(4)
@@ -234,9 +243,18 @@ def read_dicom_file(path: Path, modality: Modality, limits: ReadLimits) -> Medic
         rgb=rgb,
         spacing_known=bool(spacing_known),
         orientation_known=known and pos is not None,
-        metadata=_safe_metadata(ds, 1),
+        metadata={**_safe_metadata(ds, 1), **({"downsampled_from": [rows, cols]} if factor > 1 else {})},
         source_files=(path,),
     )
+
+
+def block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W) or (H, W, C) pixels reduced by an integer `factor`: the mean of each factor × factor block (the
+    last partial row and column of blocks dropped), in the input's dtype (rounded for integers)."""
+    h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
+    blocks = arr[:h, :w].reshape(h // factor, factor, w // factor, factor, *arr.shape[2:])
+    out = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return np.rint(out).astype(arr.dtype) if arr.dtype.kind in "iub" else out.astype(arr.dtype)
 
 
 def _candidate_files(folder: Path) -> list[Path]:

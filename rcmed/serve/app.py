@@ -309,6 +309,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
                       points: str | None = None):
         if not queue.try_enter():
             return _error(503, "inference queue full; retry later", {"Retry-After": "5"})
+        still_running = False  # after a 504 the slot is freed only when the inference itself ends
         try:
             if not prompt or not prompt.strip():
                 raise RCMedInputError("prompt", "empty prompt")
@@ -326,17 +327,22 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
             points_v = _parse_points(points) if points else None
             with tempfile.TemporaryDirectory(prefix="rcmed-req-") as tmp:
                 path = await _save_upload(file, Path(tmp))
-                loop = asyncio.get_running_loop()
-                fut = loop.run_in_executor(queue.executor, _infer, path, prompt, box_v, with_masks, modality, points_v)
+                job = queue.executor.submit(_infer, path, prompt, box_v, with_masks, modality, points_v)
                 try:
-                    return await asyncio.wait_for(fut, timeout=cfg.timeout_s)
+                    return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), timeout=cfg.timeout_s)
                 except asyncio.TimeoutError:
+                    # a job still waiting is dropped; one already running cannot be stopped, so it keeps its
+                    # slot until it ends: `queue_size` bounds the work, not only the open requests
+                    if not job.cancel():
+                        still_running = True
+                        job.add_done_callback(lambda _: queue.leave())
                     return _error(504, f"inference took longer than {cfg.timeout_s:.0f} s")
         except RCMedError as exc:
             status = 413 if isinstance(exc, (LimitExceededError, ImageTooLargeError)) else 400
             return _error(status, str(exc))
         finally:
-            queue.leave()
+            if not still_running:
+                queue.leave()
 
     @app.post("/v1/segment")
     async def segment(file: UploadFile = File(...), prompt: str = Form(...), box: str | None = Form(None),

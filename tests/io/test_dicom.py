@@ -151,3 +151,36 @@ def test_dicom_without_preamble_is_read_when_it_is_an_image(tmp_path):
     (tmp_path / "text.dcm").write_bytes(b"hello, not a dicom at all" * 10)
     with pytest.raises(UnsupportedFormatError, match="text.dcm: not a DICOM file"):
         load(tmp_path / "text.dcm")
+
+
+def test_a_huge_dicom_slice_is_reduced_on_read_like_a_huge_png(tmp_path):
+    """Block means before the modality LUT (a huge slice never exists in floating point), spacing scaled,
+    `downsampled_from` recorded, HU kept."""
+    from rcmed.io.limits import ReadLimits
+
+    stored = (np.arange(300 * 200).reshape(300, 200) % 2000).astype(np.uint16)
+    path = write_ct_slice(tmp_path / "big.dcm", stored, 0.0, generate_uid(), generate_uid(), spacing=(0.5, 0.5))
+    img = load(path, limits=ReadLimits(max_2d_side=100))
+    assert img.array.shape == (100, 66) and img.metadata["downsampled_from"] == [300, 200]
+    assert img.spacing == pytest.approx((1.5, 1.5))
+    expect = stored[:300, :198].reshape(100, 3, 66, 3).mean(axis=(1, 3)).round() - 1024
+    np.testing.assert_allclose(img.array, expect, atol=1)
+    assert load(path).array.shape == (300, 200)  # under the default limit, read as it is
+
+
+def test_a_deflated_dicom_with_bytes_after_its_stream_is_read_not_spun_on(tmp_path):
+    """zlib hands back a tail after the end of the deflated stream (a padding byte); the size check used to
+    spin on it forever, hanging the server's only inference thread."""
+    import threading
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    # 8 MB inflated: the stream ends inside a bounded read, so a tail is left over
+    path = write_ct_slice(tmp_path / "deflated.dcm", np.zeros((2048, 2048), np.uint16), 0.0, generate_uid(), generate_uid(),
+                          transfer_syntax=DeflatedExplicitVRLittleEndian)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(img=load(path)), daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "load() did not return"
+    assert got["img"].array.shape == (2048, 2048)

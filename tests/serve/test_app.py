@@ -154,3 +154,32 @@ def test_an_oversize_upload_without_content_length_is_stopped_while_streaming(pr
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size > 2**21]
     ok = c.post("/v1/segment", files={"file": ("ct.png", _png(), "image/png")}, data={"prompt": "Segment the liver."})
     assert ok.status_code == 200
+
+
+def test_a_timed_out_inference_keeps_its_slot_until_it_ends(predictor, monkeypatch):
+    """After a 504 the inference cannot be stopped mid-way, so it still counts against --queue-size: a second
+    request is told 503 until the first one has really finished, then served."""
+    import threading
+    import time
+
+    release = threading.Event()
+    real = predictor.answer
+
+    def slow(*a, **k):
+        release.wait(10)
+        return real(*a, **k)
+
+    monkeypatch.setattr(predictor, "answer", slow)
+    c = _client(predictor, timeout_s=0.2, queue_size=1)
+    files = {"file": ("ct.png", io.BytesIO(_png()), "image/png")}
+    assert c.post("/v1/segment", files=files, data={"prompt": "Segment the liver."}).status_code == 504
+    busy = c.post("/v1/segment", files={"file": ("ct.png", io.BytesIO(_png()), "image/png")}, data={"prompt": "Segment the liver."})
+    assert busy.status_code == 503 and busy.headers["Retry-After"]
+    monkeypatch.setattr(predictor, "answer", real)
+    release.set()
+    for _ in range(100):  # the slot comes back once the first inference has ended
+        r = c.post("/v1/segment", files={"file": ("ct.png", io.BytesIO(_png()), "image/png")}, data={"prompt": "Segment the liver."})
+        if r.status_code != 503:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 200, r.text
