@@ -169,6 +169,7 @@ def test_box_points_legend_and_examples(server, tmp_path):
         WebDriverWait(driver, 60).until(lambda d: d.execute_script("return $('prompt').value.includes('skin lesion')"
                                                                    " && answer.prompts.box === null"))
         assert driver.find_element(By.ID, "modality").get_attribute("value") == "dermoscopy"
+        assert driver.execute_script("return $('file').value") == ""  # the chooser no longer names the earlier file
         size = Image.open(__import__("rcmed").__path__[0] + "/samples/demo/dermoscopy_skin.png").size
         assert driver.execute_script("return [$('base').naturalWidth, $('base').naturalHeight]") == list(size)
         _shot(driver, tmp_path, "example")
