@@ -366,7 +366,7 @@ def evaluate_default() -> None:
 # ---------------------------------------------------------------- real images (shared/realdata)
 REALDATA = ROOT.parent / "shared" / "realdata"  # override with RCMED_REALDATA; never copied into the project
 REAL_RUNS = ("real1",)  # continued from the shipped phantom model on real train splits + phantoms
-SHIPPED_REAL = "real2"  # the run `export_real` ships: real1's model after the decoder stage (`real2`)
+SHIPPED_REAL = "real3"  # the run `export_real` ships: real1's model after the decoder stage (`real2`, then `real3`)
 DECODER_STAGES = ("real2", "real3")  # decoder-stage runs, each continuing the one before
 REAL_VAL_PER_DATASET = 5  # validation records asked per dataset when models are compared (`realval`)
 REAL_TEST_PER_DATASET = 10  # test records per dataset in the one scoring of a shipped model (`realtest`)
@@ -569,7 +569,7 @@ def rules(name: str = "real3") -> None:
     (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
 
 
-def modality(folder: Path = RUNS / "default-real2" / "model") -> None:
+def modality(folder: Path = RUNS / "default-real2" / "model") -> None:  # (copied into real3: the encoder is the same)
     """The modality head (`rcmed.model.modality`) on pooled encoder features of the real train splits and a
     share of the phantoms; its accuracy on the validation splits, normalised by the true modality and as an
     image of unknown modality (what a caller who gives none gets) -> `folder`/modality.safetensors and
