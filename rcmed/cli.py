@@ -14,7 +14,7 @@ from typing import Optional, TypeVar
 
 import typer
 
-from rcmed.errors import RCMedError
+from rcmed.errors import RCMedError, RCMedInputError
 
 app = typer.Typer(help="RCMed: medical vision-language assistant (text + masks).", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -302,6 +302,29 @@ def demo(
 
     rows = run_demo(out, model=model)
     typer.echo(format_summary(rows, out))
+
+
+@app.command()
+@_friendly
+def postprocess(
+    model: Path = typer.Argument(..., help="Model folder (from rcmed train)."),
+    data: Path = typer.Option(..., "--data", help="Triplet store with a validation split."),
+    split: str = typer.Option("val", help="Split to choose on (never the test split)."),
+    per_dataset: Optional[int] = typer.Option(None, help="Ask at most N records of each dataset."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for postprocess.json (default: the model folder)."),
+) -> None:
+    """Choose mirrors, mask cuts, component rules, presence cuts and mask paths per target on validation data;
+    write postprocess.json with the evidence of every choice (read by the predictor)."""
+    from rcmed.eval.choose_postprocess import determine_postprocessing
+
+    if split == "test":
+        raise RCMedInputError("--split", "post-processing is chosen on validation data; the test split is scored once, after")
+    rules, path = determine_postprocessing(model, data, out, split=split, per_dataset=per_dataset, progress=sys.stderr.isatty())
+    chosen = {"mirrors": rules.flips, "mask cuts": rules.thresholds, "largest component": rules.keep_largest,
+              "no specks": rules.drop_specks, "presence cuts": rules.presence_cuts, "mask paths": rules.mask_paths}
+    for what, value in chosen.items():
+        typer.echo(f"{what}: {value or 'none'}")
+    typer.echo(f"wrote {path}")
 
 
 @app.command("eval")
