@@ -82,8 +82,8 @@ def test_mirror_logits_come_back_in_source_pixels(predictor, monkeypatch):
             t.presence = 0.9
         return gen
 
-    def top_left(pixels, ids, feats=None, rounds=None):
-        out = real_decode(pixels, ids, feats=feats, rounds=rounds)
+    def top_left(pixels, ids, feats=None, rounds=None, loop="full"):
+        out = real_decode(pixels, ids, feats=feats, rounds=rounds, loop=loop)
         m = torch.full_like(out.masks, -10.0)
         m[..., :20, :16] = 10.0  # model pixels: the top-left 20 x 16 of the 40 x 64 image region
         return replace(out, masks=m)
