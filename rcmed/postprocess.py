@@ -223,7 +223,8 @@ def choose_mask_paths(cases: list[tuple[str, dict[str, float]]], min_gain: float
     return chosen, evidence
 
 
-PRESENCE_CUTS = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+# above 0.5 for a head that leans "present" on a target's absent images, below for one that is shy on its present ones
+PRESENCE_CUTS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 
 
 def _balanced(pos: list[float], neg: list[float], cut: float) -> float:

@@ -200,6 +200,9 @@ def test_presence_cuts_follow_validation_balanced_accuracy(tiny_trained, tmp_pat
     cuts, evidence = choose_presence_cuts(qs)
     assert cuts == {"liver": 0.01} and evidence["liver"]["balanced_at_0.5"] == 0.5 and evidence["liver"]["balanced_at_best"] == 1.0
     assert choose_presence_cuts(qs[:2] + qs[4:6])[0] == {}  # 2 of each: too thin to move
+    # a head that leans "present" on absent images (0.75 absent, 0.97 present) gets a higher cut
+    eager = [("brain tumour", 0.97, True)] * 4 + [("brain tumour", 0.75, False)] * 4
+    assert choose_presence_cuts(eager)[0] == {"brain tumour": 0.9}
     folder = tmp_path / "model"
     shutil.copytree(tiny_trained, folder)
     PostprocessRules(presence_cuts=cuts, presence_evidence=evidence).save(folder)
