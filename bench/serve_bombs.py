@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port, rss_mb  # noqa: E402
+from serve_load import free_port, model_folder, rss_mb  # noqa: E402
 
 GIB = 2**30
 BOUND_MB = 1024.0
@@ -118,13 +118,7 @@ def main() -> None:
     ap.add_argument("--model")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rcmed-bombs-"))
-    model = args.model
-    if model is None:
-        from rcmed.model.config import RCMedConfig
-        from rcmed.model.rcmed import RCMedModel
-
-        model = str(tmp / "tiny")
-        RCMedModel(RCMedConfig.tiny()).save_pretrained(model)
+    model = model_folder(args.model, tmp)
     files = {"ordinary 256² PNG": ordinary(tmp / "ordinary.png"), "NPZ announcing 1 GiB": npz_bomb(tmp / "bomb.npz"),
              "deflated DICOM, 8192² (128 MiB)": dicom_bomb(tmp / "bomb.dcm"), "PNG 8192² of zeros": png_bomb(tmp / "bomb.png"),
              "zip with 1 GiB member": zip_bomb(tmp / "bomb.zip")}

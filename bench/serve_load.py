@@ -36,6 +36,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def model_folder(given: str | None, tmp: Path) -> str:
+    """`given`, or a randomly initialised tiny model saved under `tmp` (what a server does with a request does
+    not depend on what its model learned)."""
+    if given is not None:
+        return given
+    from rcmed.model.config import RCMedConfig
+    from rcmed.model.rcmed import RCMedModel
+
+    RCMedModel(RCMedConfig.tiny()).save_pretrained(tmp / "tiny")
+    return str(tmp / "tiny")
+
+
 def main() -> None:
     import httpx
     from PIL import Image
@@ -47,13 +59,7 @@ def main() -> None:
     ap.add_argument("--queue-size", type=int, default=4)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rcmed-load-"))
-    model = args.model
-    if model is None:
-        from rcmed.model.config import RCMedConfig
-        from rcmed.model.rcmed import RCMedModel
-
-        model = str(tmp / "tiny")
-        RCMedModel(RCMedConfig.tiny()).save_pretrained(model)
+    model = model_folder(args.model, tmp)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "rcmed.cli", "serve", "--model", model, "--port", str(port),
                              "--queue-size", str(args.queue_size), "--max-upload-mb", "2"],
