@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from rcmed.data.store import iter_records, read_sample
+from rcmed.eval.harness import _per_dataset, record_image
 from rcmed.eval.metrics import dice
-from rcmed.io.image import MedicalImage, affine_from_spacing, parse_modality
 from rcmed.postprocess import (
     MASK_PATHS,
     PostprocessRules,
@@ -55,7 +55,6 @@ def ask(predictor, store: str | Path, split: str = "val", per_dataset: int | Non
     record id) with the folder's rules off, keeping what the choices need."""
     from tqdm import tqdm
 
-    from rcmed.eval.harness import _per_dataset
 
     records = list(iter_records(store, split=split))
     if per_dataset is not None:
@@ -65,10 +64,7 @@ def ask(predictor, store: str | Path, split: str = "val", per_dataset: int | Non
     out = Answers()
     for rec in tqdm(records, desc="postprocess", unit="rec", disable=not progress):
         sample = read_sample(store, rec)
-        img = MedicalImage(array=sample.image, affine=affine_from_spacing(tuple(rec.spacing) if rec.spacing else None, 2),
-                           modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3,
-                           spacing_known=rec.spacing is not None)
-        predictor.set_image(img)
+        predictor.set_image(record_image(rec, sample))
         truths: dict[str, np.ndarray | None] = {n: sample.masks[k] for k, n in enumerate(rec.targets)}
         truths.update({n: None for n in rec.absent if n not in truths})
         if sample.instances is not None and rec.instance_target:

@@ -43,6 +43,12 @@ ABLATIONS: dict[str, dict[str, object]] = {"no-loop": {"rounds": 1}, "loop": {"r
                                            "loop-no-region": {"rounds": 2, "loop": "no-region"},
                                            "loop-no-mask-prompt": {"rounds": 2, "loop": "no-mask-prompt"}}
 
+def record_image(rec, sample) -> MedicalImage:
+    """A store record's 2-D image as the predictor takes it: its pixels, modality and spacing (mm, when known)."""
+    return MedicalImage(array=sample.image, affine=affine_from_spacing(tuple(rec.spacing) if rec.spacing else None, 2),
+                        modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3, spacing_known=rec.spacing is not None)
+
+
 def _scale(name: str, instance: bool) -> str:
     """organ, lesion or cell: instances are cells; lesion words name lesions; the rest are organs
     and anatomical structures."""
@@ -333,9 +339,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
         for rec in tqdm(records, desc="eval", unit="rec", disable=not progress):
             sample = read_sample(store, rec)
-            img = MedicalImage(array=sample.image, affine=affine_from_spacing(tuple(rec.spacing) if rec.spacing else None, 2),
-                               modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3,
-                               spacing_known=rec.spacing is not None)
+            img = record_image(rec, sample)
             predictor.set_image(img)
             guess = predictor.recognise(img)  # the modality head, as for an image sent without a modality
             if guess is not None:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from rcmed.data.store import iter_records, read_sample
+from rcmed.eval.harness import _per_dataset, record_image
 from rcmed.eval.metrics import dice
-from rcmed.io.image import MedicalImage, affine_from_spacing, parse_modality
 from rcmed.vocabulary import SYNONYMS, canonical_prompt, norm, resolve, target_key
 
 PARAPHRASES: dict[str, str] = {  # family -> phrasing of one or several names ("{names}": "the A and the B")
@@ -80,7 +80,6 @@ def run_prompt_suite(predictor, store: str | Path, out: str | Path, split: str =
     Returns the table's rows. The image's modality is the record's (as the other tables)."""
     from tqdm import tqdm
 
-    from rcmed.eval.harness import _per_dataset
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,9 +106,7 @@ def run_prompt_suite(predictor, store: str | Path, out: str | Path, split: str =
 
 def _ask_record(predictor, store, rec, vocab: dict[str, list[str]], known: set[str]) -> list[dict[str, object]]:
     sample = read_sample(store, rec)
-    img = MedicalImage(array=sample.image, affine=affine_from_spacing(tuple(rec.spacing) if rec.spacing else None, 2),
-                       modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3, spacing_known=rec.spacing is not None)
-    predictor.set_image(img)
+    predictor.set_image(record_image(rec, sample))
     here = {n.lower() for n in vocab.get(rec.modality, [])}
     truth: dict[str, np.ndarray | None] = {}
     for k, n in enumerate(rec.targets):
