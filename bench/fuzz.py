@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -61,7 +62,29 @@ def seeds() -> dict[str, tuple[str, bytes]]:
         ds.PixelData = rng.integers(0, 4000, (12, 10), dtype=np.uint16).tobytes()
         ds.save_as(f"{tmp}/s.dcm", enforce_file_format=True)
         out["dicom"] = (".dcm", Path(f"{tmp}/s.dcm").read_bytes())
+        zbuf = io.BytesIO()  # a zipped series, as uploaded to the server
+        with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("series/s1.dcm", out["dicom"][1])
+            zf.writestr("series/s2.dcm", out["dicom"][1])
+        out["zip"] = (".zip", zbuf.getvalue())
     return out
+
+
+def _read(path: Path, tmp: Path) -> None:
+    """What the server does with an upload: a zip is extracted as a series (its own checks), then loaded."""
+    if path.suffix != ".zip":
+        load(path)
+        return
+    import shutil
+
+    from rcmed.serve.app import ServeSettings, extract_series
+
+    dest = tmp / f"x-{path.stem}"
+    dest.mkdir()
+    try:
+        load(extract_series(path, dest, ServeSettings()))
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -105,7 +128,7 @@ def run(n: int, seed: int = 0, hang_s: float = 10.0, readers: list[str] | None =
                     if old is not None:
                         signal.setitimer(signal.ITIMER_REAL, hang_s)
                     try:
-                        load(path)
+                        _read(path, Path(tmp))
                         c["loaded"] += 1
                     except RCMedInputError:
                         c["refused"] += 1

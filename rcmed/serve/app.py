@@ -21,6 +21,7 @@ import os
 import tempfile
 import threading
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile  # module level: FastAPI resolves annotations here
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from rcmed.errors import ImageTooLargeError, LimitExceededError, RCMedError, RCMedInputError
+from rcmed.errors import CorruptFileError, ImageTooLargeError, LimitExceededError, RCMedError, RCMedInputError
 from rcmed.io.image import parse_modality
 from rcmed.io.limits import ReadLimits
 from rcmed.overlay import PALETTE
@@ -102,12 +103,12 @@ def _suffix(name: str) -> str:
     raise RCMedInputError("file", f"unsupported upload type; send one of {', '.join(ALLOWED_SUFFIXES)}")
 
 
-def _extract_series(zip_path: Path, dest: Path, settings: ServeSettings) -> Path:
+def extract_series(zip_path: Path, dest: Path, settings: ServeSettings) -> Path:
     """Extract a zipped DICOM series safely: sizes checked from the directory first, member
     names replaced by counters (no client path reaches the filesystem)."""
     try:
         zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError):
         raise RCMedInputError("file", "not a readable zip archive") from None
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
@@ -120,12 +121,20 @@ def _extract_series(zip_path: Path, dest: Path, settings: ServeSettings) -> Path
         folder.mkdir()
         written = 0
         for k, m in enumerate(members):
-            with zf.open(m) as src, open(folder / f"{k:06d}.dcm", "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > settings.max_unzipped_bytes:  # the directory lied about sizes
-                        raise LimitExceededError("file", "zip expands beyond the size limit")
-                    dst.write(chunk)
+            with open(folder / f"{k:06d}.dcm", "wb") as dst:
+                try:
+                    with zf.open(m) as src:
+                        while chunk := src.read(1 << 20):
+                            written += len(chunk)
+                            if written > settings.max_unzipped_bytes:  # the directory lied about sizes
+                                raise LimitExceededError("file", "zip expands beyond the size limit")
+                            dst.write(chunk)
+                except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:  # bad CRC, cut stream, lying header
+                    raise CorruptFileError("file", f"damaged zip archive ({exc.__class__.__name__})") from None
+                except (NotImplementedError, RuntimeError) as exc:  # unknown compression, encrypted member
+                    raise RCMedInputError("file", f"zip member cannot be read: {str(exc)[:120]}") from None
+                except OSError as exc:  # (reading a member: a damaged local header)
+                    raise CorruptFileError("file", f"damaged zip archive ({exc.__class__.__name__})") from None
     return folder
 
 
@@ -279,7 +288,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
                 fh.write(chunk)
         if size == 0:
             raise RCMedInputError("file", "empty upload")
-        return _extract_series(path, folder, cfg) if suffix == ".zip" else path
+        return extract_series(path, folder, cfg) if suffix == ".zip" else path
 
     def _infer(path: Path, prompt: str, box: list[float] | None, with_masks: bool,
                modality: str | None = None, points: list[list[float]] | None = None) -> dict[str, object]:

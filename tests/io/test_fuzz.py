@@ -1,5 +1,5 @@
-"""Seeded mutation fuzz of every reader: a damaged file is loaded or refused with RCMedInputError, never
-another exception or a hang (bench/fuzz.py runs the same at scale)."""
+"""Seeded mutation fuzz of every reader, and of a zipped series as the server extracts it: a damaged file is
+loaded or refused with RCMedInputError, never another exception or a hang (bench/fuzz.py runs the same at scale)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ _spec.loader.exec_module(fuzz)
 @pytest.mark.filterwarnings("ignore")
 def test_mutated_files_load_or_are_refused_clearly():
     counts = fuzz.run(200, seed=1, hang_s=10.0)
-    assert set(counts) == {"png", "tiff", "nifti", "npz", "dicom"}
+    assert set(counts) == {"png", "tiff", "nifti", "npz", "dicom", "zip"}  # zip: a series as the server extracts it
     for name, c in counts.items():
         assert set(c) <= {"loaded", "refused"}, (name, dict(c))
         assert c["refused"] > 0 and sum(c.values()) == 200

@@ -183,3 +183,16 @@ def test_a_timed_out_inference_keeps_its_slot_until_it_ends(predictor, monkeypat
             break
         time.sleep(0.05)
     assert r.status_code == 200, r.text
+
+
+def test_a_zip_with_a_damaged_member_is_a_400_not_a_500(predictor):
+    """A bad CRC or a cut deflate stream in a member used to escape as zipfile/zlib errors (HTTP 500)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("series/a.dcm", bytes(range(256)) * 64)
+    data = bytearray(buf.getvalue())
+    data[60] ^= 0xFF  # inside the first member's compressed bytes
+    c = _client(predictor)
+    r = c.post("/v1/segment", files={"file": ("series.zip", bytes(data), "application/zip")}, data={"prompt": "liver"})
+    assert r.status_code == 400 and "zip" in r.json()["error"]
+    assert c.get("/v1/health").status_code == 200  # and the server keeps serving
