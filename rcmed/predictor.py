@@ -126,6 +126,10 @@ class Predictor:
         self.vocabulary: dict[str, list[str]] | None = None  # modality -> target names taught (targets.json)
         self.modality_head = None  # `rcmed.model.modality.ModalityHead` of the folder, when it has one
         self.modality_info: dict[str, object] | None = None  # the image's modality and where it came from
+        # encoded images kept between requests (the web page sends the same image again with each click):
+        # at most `cache_size`, each for `cache_ttl_s` seconds after its last use
+        self.cache_size, self.cache_ttl_s = 4, 600.0
+        self._encoded: dict[str, tuple[float, tuple[torch.Tensor, ImageGeometry, VisionFeatures]]] = {}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default") -> "Predictor":
@@ -185,10 +189,8 @@ class Predictor:
         if img.is_volume:
             raise RCMedInputError("image", f"is a volume with {img.n_slices} slices; use predict_volume()")
         x = normalize(img, window=window)
-        self._pixels, self._geom = prepare_image(x, self.size)
+        self._pixels, self._geom, self._feats = self._encode(x)
         self._mirrors, self._decoded, self._last = {}, {}, None
-        with torch.inference_mode():
-            self._feats = self.model.encode(self._pixels[None])
         self.modality_info = {"name": img.modality.value, "source": "given", "confidence": None}
         if img.modality is Modality.UNKNOWN and self.modality_head is not None:
             name, conf = self.modality_head.recognise(self._feats.embedding)  # the features of the generic rule
@@ -197,10 +199,28 @@ class Predictor:
             again = normalize(img, window=window)  # the modality's own rule (a CT window, percentiles)
             if not np.array_equal(again, x):
                 x = again
-                self._pixels, self._geom = prepare_image(x, self.size)
-                with torch.inference_mode():
-                    self._feats = self.model.encode(self._pixels[None])
+                self._pixels, self._geom, self._feats = self._encode(x)
         self._image, self._normalised = img, x
+
+    def _encode(self, x: np.ndarray) -> tuple[torch.Tensor, ImageGeometry, VisionFeatures]:
+        """Model-input pixels, geometry and encoder features of a normalised image, from the cache of recently
+        encoded images when the same pixels were encoded before (keyed by their sha256)."""
+        import time
+
+        now = time.monotonic()
+        self._encoded = {k: v for k, v in self._encoded.items() if now - v[0] < self.cache_ttl_s}
+        key = f"{hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()}{x.shape}{x.dtype}"
+        if key in self._encoded:
+            value = self._encoded.pop(key)[1]
+        else:
+            pixels, geom = prepare_image(x, self.size)
+            with torch.inference_mode():
+                value = (pixels, geom, self.model.encode(pixels[None]))
+        if self.cache_size > 0:
+            self._encoded[key] = (now, value)  # the most recently used last
+            while len(self._encoded) > self.cache_size:
+                self._encoded.pop(next(iter(self._encoded)))
+        return value
 
     def predict(self, prompt: str, points: list[list[float]] | None = None, boxes: list[list[float]] | None = None,
                 point_labels: list[int] | None = None, max_new_tokens: int | None = None,

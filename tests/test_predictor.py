@@ -256,3 +256,28 @@ def test_an_image_reduced_on_read_says_so_in_answer_json(predictor, tmp_path):
     assert doc["downsampled_from"] == [128, 128] and doc["mask_shape"] == [64, 64]
     predictor.set_image(ph.image)  # an image read whole says nothing of the kind
     assert "downsampled_from" not in predictor.answer_json(predictor.predict("Segment the liver."))
+
+
+def test_an_image_sent_again_is_not_encoded_again(tiny_trained, monkeypatch):
+    """The page sends the same image with every click: its features come from a small, expiring cache."""
+    p = Predictor.from_pretrained(tiny_trained)
+    calls = []
+    real = p.model.encode
+    monkeypatch.setattr(p.model, "encode", lambda px: calls.append(1) or real(px))
+    a, b = synth("ct", 2, size=64).image, synth("ct", 3, size=64).image
+    p.set_image(a)
+    first = p.predict("Segment the liver.")
+    p.set_image(a)
+    assert len(calls) == 1  # the same pixels: the encoder is not run again
+    again = p.predict("Segment the liver.")
+    assert [t.presence for t in again.targets] == [t.presence for t in first.targets]
+    p.set_image(b)
+    p.set_image(a)
+    assert len(calls) == 2  # another image is encoded; the first is still cached
+    p.cache_size = 1
+    p.set_image(b)
+    p.set_image(a)
+    assert len(calls) == 3 and len(p._encoded) == 1  # bounded: the oldest went
+    p.cache_ttl_s = 0.0
+    p.set_image(a)
+    assert len(calls) == 4  # expired
