@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -182,7 +183,23 @@ class Predictor:
             f"I was not trained on {modality} images; I know: {', '.join(sorted(self.vocabulary or {}))}."
         return _not_answered(Answer(text="", targets=[]), req, modality, can)
 
-    # ------------------------------------------------------------------ 2-D    # ------------------------------------------------------------------ 2-D
+    def answer(self, image: MedicalImage | str | Path, prompt: str, *, boxes: list[list[float]] | None = None,
+               points: list[list[float]] | None = None, point_labels: list[int] | None = None,
+               modality: str | None = None) -> Answer:
+        """The one road from an image to an answer, 2-D or 3-D: reads `image` if it is a path (with
+        `modality`, else the file's own or the recognised one); a 2-D image is encoded (`set_image`) and
+        asked (`predict`), a volume is answered on its middle slice and decoded on every slice
+        (`predict_volume`). `boxes` ([x0, y0, x1, y1]) and `points` ([x, y], `point_labels` 1 inside /
+        0 outside) are in source pixels and apply to 2-D images only."""
+        img = image if isinstance(image, MedicalImage) else load(image, modality=modality)
+        if img.is_volume:
+            if boxes or points:
+                raise RCMedInputError("box", "box and point prompts apply to 2-D images; crop the volume or omit them")
+            return self.predict_volume(img, prompt)
+        self.set_image(img)
+        return self.predict(prompt, boxes=boxes, points=points, point_labels=point_labels)
+
+    # ------------------------------------------------------------------ 2-D
     def set_image(self, image: MedicalImage | str | Path, modality: str | None = None, window="auto") -> None:
         """Read (if a path), normalise by modality and encode a 2-D image once."""
         img = image if isinstance(image, MedicalImage) else load(image, modality=modality)
@@ -205,8 +222,6 @@ class Predictor:
     def _encode(self, x: np.ndarray) -> tuple[torch.Tensor, ImageGeometry, VisionFeatures]:
         """Model-input pixels, geometry and encoder features of a normalised image, from the cache of recently
         encoded images when the same pixels were encoded before (keyed by their sha256)."""
-        import time
-
         now = time.monotonic()
         self._encoded = {k: v for k, v in self._encoded.items() if now - v[0] < self.cache_ttl_s}
         key = f"{hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()}{x.shape}{x.dtype}"
@@ -390,22 +405,6 @@ class Predictor:
         return b * scale
 
     # ------------------------------------------------------------------ 3-D
-    def answer(self, image: MedicalImage | str | Path, prompt: str, *, boxes: list[list[float]] | None = None,
-               points: list[list[float]] | None = None, point_labels: list[int] | None = None,
-               modality: str | None = None) -> Answer:
-        """The one road from an image to an answer, 2-D or 3-D: reads `image` if it is a path (with
-        `modality`, else the file's own or the recognised one); a 2-D image is encoded (`set_image`) and
-        asked (`predict`), a volume is answered on its middle slice and decoded on every slice
-        (`predict_volume`). `boxes` ([x0, y0, x1, y1]) and `points` ([x, y], `point_labels` 1 inside /
-        0 outside) are in source pixels and apply to 2-D images only."""
-        img = image if isinstance(image, MedicalImage) else load(image, modality=modality)
-        if img.is_volume:
-            if boxes or points:
-                raise RCMedInputError("box", "box and point prompts apply to 2-D images; crop the volume or omit them")
-            return self.predict_volume(img, prompt)
-        self.set_image(img)
-        return self.predict(prompt, boxes=boxes, points=points, point_labels=point_labels)
-
     def predict_volume(self, volume: MedicalImage | str | Path, prompt: str, modality: str | None = None,
                        window="auto", batch_slices: int = 8, progress: bool = False) -> Answer:
         """Answer on the middle axial slice, then decode the same answer on every slice in batches
@@ -431,10 +430,8 @@ class Predictor:
         return self._recognise_normalised(normalize(replace(image, modality=Modality.UNKNOWN)))
 
     def _recognise_normalised(self, x: np.ndarray) -> tuple[str, float]:
-        """The modality head on one normalised 2-D image (H, W) or (H, W, 3) in [0, 1], encoded here."""
-        with torch.inference_mode():
-            emb = self.model.encode(prepare_image(x, self.size)[0][None]).embedding
-        return self.modality_head.recognise(emb)
+        """The modality head on one normalised 2-D image (H, W) or (H, W, 3) in [0, 1] (encoded through `_encode`)."""
+        return self.modality_head.recognise(self._encode(x)[2].embedding)
 
     # Below this HU-like minimum a volume of unknown modality is taken as CT: air is about -1000 HU, and
     # MRI, PET and the other modalities have no negative values of that size.

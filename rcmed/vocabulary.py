@@ -119,8 +119,8 @@ class Request:
 def read_request(prompt: str, vocabulary: dict[str, list[str]], modality: str) -> Request:
     """Read a segmentation request: each name it asks for is taught on `modality` (then asked by its trained
     name, in the training template: "tumor" -> "Segment the brain tumour."), taught only elsewhere, or never
-    taught. A prompt that is not a segmentation request, or names only what the model already says in its
-    own words, is passed as given. On an image of "unknown" modality any taught name is answerable."""
+    taught. A prompt that is not a segmentation request (a description, a yes/no question) is passed as given.
+    On an image of "unknown" modality any taught name is answerable."""
     asked = requested_names(prompt)
     known = {n.lower() for names in vocabulary.values() for n in names}
     here = sorted(known) if modality == "unknown" else sorted(vocabulary.get(modality, []))

@@ -129,12 +129,12 @@ def extract_series(zip_path: Path, dest: Path, settings: ServeSettings) -> Path:
                             if written > settings.max_unzipped_bytes:  # the directory lied about sizes
                                 raise LimitExceededError("file", "zip expands beyond the size limit")
                             dst.write(chunk)
-                except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:  # bad CRC, cut stream, lying header
+                # a bad CRC, a cut deflate stream, a lying local header (a failed write into the request's own
+                # temporary folder would read as damage too)
+                except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:
                     raise CorruptFileError("file", f"damaged zip archive ({exc.__class__.__name__})") from None
                 except (NotImplementedError, RuntimeError) as exc:  # unknown compression, encrypted member
                     raise RCMedInputError("file", f"zip member cannot be read: {str(exc)[:120]}") from None
-                except OSError as exc:  # (reading a member: a damaged local header)
-                    raise CorruptFileError("file", f"damaged zip archive ({exc.__class__.__name__})") from None
     return folder
 
 
