@@ -276,6 +276,27 @@ class Predictor:
         model_points = None if points is None else self._points_to_model(points, point_labels)
         if loop not in LOOP_VARIANTS:
             raise RCMedInputError("loop", f"unknown loop variant {loop!r}; use one of {LOOP_VARIANTS}")
+        per_target_boxes = boxes is not None and len(boxes) > 1  # one box per name, in the order of one question
+        texts, targets, amended = [], [], []
+        for question in (req.questions() if not per_target_boxes else [prompt]):
+            text, found, changed = self._ask(question, model_boxes, model_points, (boxes, points, point_labels),
+                                             max_new_tokens, rounds, loop, flips, mask_path)
+            texts, targets, amended = [*texts, text], [*targets, *found], [*amended, *changed]
+        # the same name twice is one structure, unless the caller gave one box per target
+        targets = targets if per_target_boxes else first_of_each(targets)
+        text = grammar(" ".join(texts), [t.name for t in targets])
+        answer = _not_answered(Answer(text=text, targets=targets, amended=amended), req, modality)
+        if self._image.metadata.get("downsampled_from"):
+            answer.downsampled_from = list(self._image.metadata["downsampled_from"])
+            answer.mask_shape = list(self._image.spatial_shape)
+        return _with_modality(answer, self.modality_info)
+
+    def _ask(self, prompt: str, model_boxes, model_points, given: tuple, max_new_tokens: int | None,
+             rounds: int | None, loop: str, flips, mask_path: str | None) -> tuple[str, list[Target], list[str]]:
+        """One question to the model about the image of `set_image`, decided: (its answer text made to agree with
+        the decisions, the targets it names, the names whose sentence was changed). `given`: the caller's
+        (boxes, points, point_labels) in source pixels; the rest as in `predict`."""
+        boxes, points, point_labels = given
         request = (prompt, str(boxes), str(points), str(point_labels), max_new_tokens, rounds, loop)
         if self._last is not None and self._last[0] == request:
             gen = self._last[1]  # the same question about the same image (e.g. again with other mirrors)
@@ -315,15 +336,8 @@ class Predictor:
                 instances=None if labels is None else labels.astype(np.int32), area_px=area,
                 area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None,
                 logits=None if mask is None else logits.float().numpy()))
-        # the same name twice is one structure, unless the caller gave one box per target
-        targets = targets if boxes is not None and len(boxes) > 1 else first_of_each(targets)
         text, amended = agree_text(gen.text, targets)
-        text = grammar(text, [t.name for t in targets])
-        answer = _not_answered(Answer(text=text, targets=targets, amended=amended), req, modality)
-        if self._image.metadata.get("downsampled_from"):
-            answer.downsampled_from = list(self._image.metadata["downsampled_from"])
-            answer.mask_shape = list(self._image.spatial_shape)
-        return _with_modality(answer, self.modality_info)
+        return text, targets, amended
 
     def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None,
                       loop: str = "full") -> dict[int, torch.Tensor]:
@@ -419,7 +433,9 @@ class Predictor:
         refused = self._refuse(req, vol.modality.value)
         if refused is not None:
             return _with_modality(refused, info)
-        answer = self._predict_volume(vol, req.prompt, window, batch_slices, progress)
+        parts = [self._predict_volume(vol, q, window, batch_slices, progress) for q in req.questions()]
+        answer = Answer(text=" ".join(a.text for a in parts), targets=first_of_each([t for a in parts for t in a.targets]),
+                        amended=[n for a in parts for n in a.amended])
         return _with_modality(_not_answered(answer, req, vol.modality.value), info)
 
     def recognise(self, image: MedicalImage) -> tuple[str, float] | None:
@@ -492,7 +508,8 @@ class Predictor:
                 presence=float(presence[t].max()), mask=m3 if present else None,
                 components=int(ndi.label(m3)[1]) if present else None, area_px=int(m3.sum()) if present else None,
                 volume_ml=float(m3.sum()) * voxel_ml if (present and voxel_ml is not None) else None))
-        return Answer(text=grammar(first.text, names), targets=first_of_each(targets))
+        text, amended = agree_text(first.text, targets)  # the middle slice's words, the whole volume's decisions
+        return Answer(text=grammar(text, names), targets=first_of_each(targets), amended=amended)
 
     def answer_json(self, answer: Answer, mask_files: list[str | None] | None = None) -> dict[str, object]:
         """The public `answer.json` layout (see README)."""
@@ -599,9 +616,39 @@ def agree_text(text: str, targets: list[Target]) -> tuple[str, list[str]]:
             rules = []
         for pattern, sentence in rules:
             text = re.sub(pattern, lambda _m, s=sentence: s, text, flags=re.IGNORECASE)
+        if not t.present:
+            text = _unsay(text, t.name)
         if text != before:
             amended.append(t.name)
     return text, amended
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_NEGATION = re.compile(r"\b(?:not|no|none|absent)\b", re.IGNORECASE)
+_LIST = re.compile(r"^Here (?:is|are) (?P<list>.+)\.$", re.IGNORECASE)
+
+
+def _unsay(text: str, name: str) -> str:
+    """`text` with no sentence left that names `name`, a target found absent, as if it were there: a list
+    ("Here are the optic disc and the vessels.") loses the name and is followed by "The optic disc is not
+    present in this image."; any other sentence naming it without a negation becomes that sentence."""
+    absent = f"The {name} is not present in this image."
+    mention = re.compile(rf"\bthe {re.escape(name)}\b", re.IGNORECASE)
+    out = []
+    for sentence in _SENTENCE.split(text.strip()) if text.strip() else []:
+        if not mention.search(sentence) or _NEGATION.search(sentence):
+            out.append(sentence)
+            continue
+        listed = _LIST.match(sentence)
+        rest = [n for n in re.split(r",\s*(?:and\s+)?|\s+and\s+", listed.group("list")) if not mention.fullmatch(n.strip())] \
+            if listed else []
+        if rest:
+            joined = rest[0] if len(rest) == 1 else ", ".join(rest[:-1]) + f" and {rest[-1]}"
+            verb = "are" if len(rest) > 1 or is_plural(rest[0]) else "is"
+            out.append(f"Here {verb} {joined}.")
+        if absent not in out:
+            out.append(absent)
+    return " ".join(out)
 
 
 _SINGULAR_ENDINGS = ("us", "ss", "is", "as", "ax", "ex")  # pancreas, thorax, fibrosis, ... are one thing

@@ -3,7 +3,7 @@
 A medical assistant must not paint *something* for any word: asked for "the unicorn", it answers that
 it was not trained to find it and lists what it can find on this modality, with no mask. This module
 reads the target names out of a segmentation request ("Segment the X.", "Where is the X?", "Could you
-outline the X and the Y for me?") and maps each to a name the model knows (`targets.json` beside its
+outline the X and the Y for me?", "Is there a X here? If so, outline it.") and maps each to a name the model knows (`targets.json` beside its
 weights), allowing case, plurals, British/American spelling and a few synonyms. A request that is not
 a segmentation request (a description, a yes/no question) names nothing here and is answered as usual.
 
@@ -33,6 +33,11 @@ _REQUEST = [
     re.compile(rf"^(?:please\s+)?(?:can|could|would|will)\s+you\s+(?:please\s+)?{_VERBS}\s+(?P<names>.+?)(?:\s+for me)?\s*[.?!]*$", re.I),
     re.compile(rf"^(?:please\s+)?{_VERBS}\s+(?P<names>.+?)(?:\s+for me)?(?:,?\s+please)?\s*[.?!]*$", re.I),
     re.compile(r"^where\s+(?:is|are)\s+(?P<names>.+?)\s*[.?!]*$", re.I),
+    # "Is there a polyp here? If so, outline it.": a question of presence that asks for the mask when there is one,
+    # which is what a segmentation answer is (a mask, or "not present"). A bare "Is there a polyp?" stays a question.
+    re.compile(rf"^(?:is|are)\s+there\s+(?P<names>.+?)(?:\s+here)?\s*\?\s*(?:and\s+)?(?:if\s+(?:so|yes),?\s+)?"
+               rf"(?:(?:can|could|would|will)\s+you\s+)?(?:please\s+)?{_VERBS}\s+(?:it|them|each|each one)(?:\s+for me)?"
+               rf"(?:,?\s+please)?\s*[.?!]*$", re.I),
 ]
 _TAIL = re.compile(r"\s+(?:in|on|of)\s+(?:this|the|these|that)\s+[\w\s-]*?(?:image|scan|slice|picture|photo|photograph|"
                    r"x-ray|radiograph|volume)s?$", re.I)
@@ -109,6 +114,13 @@ class Request:
     unknown: list[str] = field(default_factory=list)  # names as written that were never taught
     elsewhere: dict[str, list[str]] = field(default_factory=dict)  # name as written -> the only modalities it was taught on
     here: list[str] = field(default_factory=list)  # what the model can find on this modality
+
+    def questions(self) -> list[str]:
+        """What the model is asked: one "Segment the X." per taught name when the request names several, else
+        `prompt`. The decoder stage trained the mask decoder on the language model's state after single-target
+        questions, and asked together the names cost Dice (the test prompt suite of real3: -0.07 against asking
+        each alone, -0.16 with four names), so a request for several is answered as several questions."""
+        return [canonical_prompt([n]) for n in self.names] if len(self.names) > 1 else [self.prompt]
 
     @property
     def refused(self) -> bool:

@@ -35,6 +35,7 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
     python scripts/train_default.py real2        # decoder stage on real1's model (LM states cached, many passes),
                                                  # best validation step and per-target rules -> runs/default-real2/model
     python scripts/train_default.py real3        # more decoder-stage steps from real2 -> runs/default-real3/model
+    python scripts/train_default.py real4        # more again from real3 -> runs/default-real4/model
     python scripts/train_default.py rules        # presence cuts and mask paths of real3 again, on validation
     python scripts/train_default.py modality     # the modality head on the train splits, scored on validation
                                                  # -> runs/default-real2/model/modality.safetensors
@@ -193,143 +194,70 @@ VAL_SEED, VAL_PER_MODALITY = 14, 12  # validation phantoms: a seed no training o
 # Endoscopy phantoms are cheap to ask (one target), and 12 gave only 9 polyps to choose a polyp's
 # post-processing on (none was drawn into the bright mucosa beside it, as a held-out one was): 60 give 39.
 VAL_MORE = {"endoscopy": 60}
-LOGIT_SCALE = 4  # validation logits are kept as ceil(4 * logit) in int8: `> t` is exact for t on a 0.25 grid
-_MISSED = np.int8(-128)  # the logits of a target called absent: below every cut
-
-Views = list[tuple[str, dict[str, np.ndarray], np.ndarray]]
+VAL_STORE = DATA / f"phantoms-val-{VAL_SEED}"
 
 
-def validation_answers(folder: Path, counts: dict[str, int] | None = None) -> tuple[Views, list[tuple[str, float]]]:
-    """Ask fresh phantoms of each modality (seed VAL_SEED; `counts` per modality, default VAL_PER_MODALITY
-    or VAL_MORE) for every target by words alone. Returns (target name, {view: mask logits}, true mask)
-    for every present target, and (target name, presence probability) for every target drawn absent, so
-    that a model that finds more by calling more present is seen doing so. Views are those of
-    `rcmed.tta.VIEWS`: "" the image as given, "h", "v", "hv" its logits averaged with those mirrors' (a
-    mirror that would swap a side the name says is left out, as in use: "h" of "left lung" is the image
-    alone). Logits as predicted, within ±31.75 to a quarter (no post-processing; `> 0` is the mask the
-    model draws; a target the model calls absent has logits of -inf, empty at every cut, Dice 0, so the
-    pairs also rank models). Kept per modality in `runs/validation/` under the weights' checksum:
-    `validate` and `postprocess` of one model predict once."""
-    from rcmed.data.synth import GENERATORS
-    from rcmed.predictor import Predictor
-    from rcmed.tta import VIEWS
+def phantom_val_store() -> Path:
+    """The validation phantoms as a store (split "val"): VAL_PER_MODALITY of each modality (VAL_MORE where
+    more are needed), phantom i of a modality drawn with seed VAL_SEED * 1_000_003 + i. Written once."""
+    from rcmed.data.split import split_by_case
+    from rcmed.data.store import StoreWriter
+    from rcmed.data.synth import GENERATORS, phantom_samples, synth
 
-    predictor = Predictor.from_pretrained(folder)
-    counts = counts or {m: VAL_MORE.get(m, VAL_PER_MODALITY) for m in sorted(GENERATORS)}
-    views: Views = []
-    absent: list[tuple[str, float]] = []
-    for mod, n in counts.items():
-        cache = RUNS / "validation" / f"{predictor.sha256[:16]}-s{VAL_SEED}-{mod}-n{n}-v5.npz"
-        if not cache.is_file():
-            _ask_validation(predictor, mod, n, cache)
-        with np.load(cache) as z:
-            shape = tuple(int(v) for v in z["shape"])
-            views += [(str(name), {v: _dequantize(z[f"logits_{v or 'image'}"][i]) for v in VIEWS},
-                       np.unpackbits(z["true"][i], count=int(np.prod(shape))).reshape(shape).astype(bool))
-                      for i, name in enumerate(z["names"])]
-            absent += [(str(name), float(v)) for name, v in zip(z["absent_names"], z["absent_presence"], strict=True)]
-    return views, absent
-
-
-def _dequantize(q: np.ndarray) -> np.ndarray:
-    return np.where(q == _MISSED, -np.inf, q.astype(np.float32) / LOGIT_SCALE).astype(np.float32)
-
-
-def _ask_validation(predictor, mod: str, n: int, cache: Path) -> None:
-    """Ask `n` validation phantoms of `mod` (see `validation_answers`) and write the answers to `cache`."""
-    from rcmed.data.synth import synth
-    from rcmed.postprocess import PostprocessRules
-    from rcmed.tta import VIEWS
-
-    predictor.rules = PostprocessRules()
-    quantized, absent = [], []
-    for i in range(n):
-        ph = synth(mod, VAL_SEED * 1_000_003 + i, size=256)
-        predictor.set_image(ph.image)
-        truths = dict(ph.masks)
-        if ph.instance_target and ph.instances is not None:  # nuclei: the union of the instances, as `rcmed eval` asks
-            truths[ph.instance_target] = ph.instances > 0
-        for name in [*truths, *ph.absent]:
-            true = truths.get(name)
-            if true is None or not true.any():  # presence only: mirrors never change it
-                got = predictor.predict(f"Segment the {name}.", flips=()).targets
-                absent.append((name, got[0].presence if got else 0.0))
-                continue
-            got = {v: predictor.predict(f"Segment the {name}.", flips=tuple(v)).targets for v in VIEWS}
-            quantized.append((name, {v: np.full(true.shape, _MISSED) if not t or t[0].logits is None else
-                                     np.clip(np.ceil(t[0].logits * LOGIT_SCALE), -127, 127).astype(np.int8)
-                                     for v, t in got.items()}, true))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, names=np.array([name for name, _, _ in quantized], dtype=str),
-                        shape=np.array(quantized[0][2].shape if quantized else (0, 0)),
-                        true=np.stack([np.packbits(t.ravel()) for _, _, t in quantized]) if quantized else np.zeros((0, 0), np.uint8),
-                        absent_names=np.array([name for name, _ in absent], dtype=str),
-                        absent_presence=np.array([v for _, v in absent], dtype=np.float32),
-                        **{f"logits_{v or 'image'}": np.stack([q[v] for _, q, _ in quantized]) if quantized
-                           else np.zeros((0, 0, 0), np.int8) for v in VIEWS})
-    tmp.replace(cache)
+    if not (VAL_STORE / "store.json").is_file():
+        shutil.rmtree(VAL_STORE, ignore_errors=True)
+        with StoreWriter(str(VAL_STORE)) as writer:
+            for mod in sorted(GENERATORS):
+                for i in range(VAL_MORE.get(mod, VAL_PER_MODALITY)):
+                    ph = synth(mod, VAL_SEED * 1_000_003 + i, size=256)
+                    for sample in phantom_samples(ph, f"{mod}-{VAL_SEED}-{i:07d}", source=f"synth-{mod}"):
+                        writer.add(sample)
+        split_by_case(VAL_STORE, {"val": 1.0}, seed=0)
+    return VAL_STORE
 
 
 def postprocess() -> None:
-    """Choose, per target, the mirrors to average (`rcmed.tta`), then the mask-logit cut, then the mask
-    post-processing (largest component, no specks or as predicted) on validation phantoms never used in
-    training or testing (`VAL_PER_MODALITY` per modality or `VAL_MORE`, seed `VAL_SEED`). Each step is chosen on the
-    masks the steps before it give. Writes `postprocess.json` into the shipped folder (before `eval`,
-    which then uses it)."""
-    from rcmed.eval.metrics import dice
-    from rcmed.postprocess import choose_rules, choose_thresholds, target_key
-    from rcmed.tta import choose_flips
+    """`rcmed postprocess` of the shipped phantom model on the validation phantoms (`phantom_val_store`):
+    per target the mirrors, the mask-logit cut, the component rules and the presence cut, each chosen on the
+    masks the steps before it give (`rcmed.eval.choose_postprocess`), written into the shipped folder's
+    postprocess.json (before `eval`, which then uses it)."""
+    from rcmed.eval.choose_postprocess import determine_postprocessing
 
     t0 = time.time()
-    views, _ = validation_answers(WEIGHTS)
-    flips, flip_evidence = choose_flips([(n, {v: x > 0 for v, x in p.items()}, t) for n, p, t in views])
-    logits = [(n, p["".join(flips.get(target_key(n), []))], t) for n, p, t in views]
-    cuts, cut_evidence = choose_thresholds(logits)
-    pairs = [(n, x > cuts.get(target_key(n), 0.0), t) for n, x, t in logits]
-    rules = choose_rules([(n, p, t) for n, p, t in pairs if p.any()])  # a missed target says nothing about the rule
-    rules.flips, rules.flip_evidence = flips, flip_evidence
-    rules.thresholds, rules.threshold_evidence = cuts, cut_evidence
-    rules.save(WEIGHTS)
-    raw = float(np.mean([dice(p[""] > 0, t) for _, p, t in views]))
-    tta = float(np.mean([dice(x > 0, t) for _, x, t in logits]))
-    cut = float(np.mean([dice(p, t) for _, p, t in pairs]))
-    full = float(np.mean([dice(rules.apply(n, p), t) for n, p, t in pairs]))
-    mirrors = ", ".join(f"{n} ({'+'.join(f)})" for n, f in flips.items()) or "none"
-    print(f"{len(pairs)} validation masks in {time.time() - t0:.0f} s, mean Dice {raw:.4f} as predicted, {tta:.4f} "
-          f"with the chosen mirrors, {cut:.4f} with the chosen cuts, {full:.4f} with the component rules; "
-          f"mirrors for: {mirrors}; cuts: {', '.join(f'{n} ({c:+.1f})' for n, c in cuts.items()) or 'none'}; "
+    rules, path = determine_postprocessing(WEIGHTS, phantom_val_store(), split="val")
+    print(f"{path} in {time.time() - t0:.0f} s; mirrors: {rules.flips or 'none'}; cuts: {rules.thresholds or 'none'}; "
           f"largest component kept for: {', '.join(rules.keep_largest) or 'none'}; "
-          f"specks dropped for: {', '.join(rules.drop_specks) or 'none'}")
-    for name, ev in flip_evidence.items():
-        print(f"  {name:<16} mirrors {ev}; cut {cut_evidence.get(name, {})}; found {rules.evidence.get(name, {})}")
+          f"specks dropped for: {', '.join(rules.drop_specks) or 'none'}; presence cuts: {rules.presence_cuts or 'none'}")
 
 
 def validate(models: list[str] | None = None) -> None:
-    """Rank model folders on the validation phantoms (words alone, raw masks): mean Dice per target and
-    the mean over targets, and how often a target drawn absent is called present (threshold 0.5).
+    """Rank model folders on the validation phantoms (`phantom_val_store`; words alone, raw masks): mean Dice
+    per target and the mean over targets, and how often a target drawn absent is called present (at 0.5).
     How a continued run is kept or dropped, without looking at the test set."""
     from collections import defaultdict
 
+    from rcmed.eval.choose_postprocess import ask
     from rcmed.eval.metrics import dice
+    from rcmed.predictor import Predictor
 
     table: dict[str, dict[str, float]] = {}
     false_calls: dict[str, dict[str, tuple[int, int]]] = {}
     for folder in models or [str(WEIGHTS)]:
         t0 = time.time()
-        views, absent = validation_answers(Path(folder))
+        answers = ask(Predictor.from_pretrained(folder), phantom_val_store(), views=("",), paths=False)
         by_name: dict[str, list[float]] = defaultdict(list)
-        for name, p, t in views:
+        for name, p, t in answers.views:
             by_name[name].append(dice(p[""] > 0, t))
         table[folder] = {n: float(np.mean(v)) for n, v in sorted(by_name.items())}
         calls: dict[str, list[bool]] = defaultdict(list)
-        for name, presence in absent:
-            calls[name].append(presence >= 0.5)
+        for name, presence, present in answers.questions:
+            if not present:
+                calls[name].append(presence >= 0.5)
         false_calls[folder] = {n: (sum(v), len(v)) for n, v in sorted(calls.items())}
         wrong = sum(k for k, _ in false_calls[folder].values())
         print(f"{folder}: mean over {len(by_name)} targets {np.mean(list(table[folder].values())):.4f} "
-              f"({len(views)} masks); {wrong} of {len(absent)} absent targets called present "
-              f"({time.time() - t0:.0f} s)", flush=True)
+              f"({len(answers.views)} masks); {wrong} of {sum(len(v) for v in calls.values())} absent targets called "
+              f"present ({time.time() - t0:.0f} s)", flush=True)
     names = sorted({n for row in table.values() for n in row})
     label = [(Path(f).parent if Path(f).name == "model" else Path(f)).name for f in table]
     width = max(14, *(len(x) + 2 for x in label))  # a column as wide as its run's name, which is never cut
@@ -366,8 +294,8 @@ def evaluate_default() -> None:
 # ---------------------------------------------------------------- real images (shared/realdata)
 REALDATA = ROOT.parent / "shared" / "realdata"  # override with RCMED_REALDATA; never copied into the project
 REAL_RUNS = ("real1",)  # continued from the shipped phantom model on real train splits + phantoms
-SHIPPED_REAL = "real3"  # the run `export_real` ships: real1's model after the decoder stage (`real2`, then `real3`)
-DECODER_STAGES = ("real2", "real3")  # decoder-stage runs, each continuing the one before
+SHIPPED_REAL = "real4"  # the run `export_real` ships: real1's model after the decoder stage (`real2`, `real3`, `real4`)
+DECODER_STAGES = ("real2", "real3", "real4")  # decoder-stage runs, each continuing the one before
 REAL_VAL_PER_DATASET = 5  # validation records asked per dataset when models are compared (`realval`)
 REAL_TEST_PER_DATASET = 10  # test records per dataset in the one scoring of a shipped model (`realtest`)
 PROMPT_SUITE_PER_DATASET = 2  # of those, the records asked the prompt suite (about 20 questions each)
@@ -466,6 +394,7 @@ def export_real() -> None:
 
 REAL2_STEPS = 300  # decoder-stage steps (4 images each) after real1; the best validation step is kept
 REAL3_STEPS = 600  # more decoder-stage steps from real2 (`real3`)
+REAL4_STEPS = 600  # more again from real3 (`real4`)
 REAL2_PHANTOM_EVERY = 4  # one phantom record in 4 joins the decoder stage, so phantoms are not forgotten
 
 
@@ -502,6 +431,15 @@ def real3() -> None:
     warm restart of the cosine schedule); step 0 of the run is real2 itself, so real2 is kept unless a
     later step beats it on validation. -> runs/default-real3/model."""
     _decoder_stage(RUNS / "default-real2" / "model", RUNS / "default-real3", REAL3_STEPS, items_run=RUNS / "default-real2",
+                   eval_every=150)
+
+
+def real4() -> None:
+    """real3's validation mean Dice still rose over its last evaluations (0.625 -> 0.682 -> 0.687 at steps 300, 450,
+    600), and 900 stage steps of 4 images are under three passes over the real train split, so the stage restarts
+    once more, from real3's kept weights, for REAL4_STEPS steps on the same cached questions. Step 0 is real3
+    itself: real3 is kept unless a later step beats it on validation. -> runs/default-real4/model."""
+    _decoder_stage(RUNS / "default-real3" / "model", RUNS / "default-real4", REAL4_STEPS, items_run=RUNS / "default-real2",
                    eval_every=150)
 
 
@@ -814,7 +752,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "real2": real2, "real3": real3, "rules": rules, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
+         "real2": real2, "real3": real3, "real4": real4, "rules": rules, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -30,7 +31,9 @@ KNOWN = {"liver", "kidneys", "tumour", "optic disc", "left lung", "right lung", 
     ("Segment the optic disk and the vessels in this fundus image.", ["optic disk", "vessels"]),
     ("Segment the right lung, the left lung and the heart.", ["right lung", "left lung", "heart"]),
     ("Describe the image.", []),
-    ("Is there a nodule?", []),
+    ("Is there a nodule?", []),  # a question of presence alone stays a question
+    ("Is there a nodule here? If so, outline it.", ["nodule"]),
+    ("Are there any nuclei in this image? If so, segment them please.", ["nuclei"]),
 ])
 def test_requested_names(prompt, names):
     assert requested_names(prompt) == names
@@ -148,3 +151,44 @@ def test_a_request_is_read_into_the_training_template():
     assert read_request("Describe the image.", taught, "xray").prompt == "Describe the image."  # not a request for names
     assert read_request("Segment the polyp.", taught, "unknown").prompt == "Segment the polyp."
     assert canonical_prompt(["a", "b", "c"]) == "Segment the a, the b and the c."
+
+
+def test_a_request_for_several_names_is_asked_one_name_at_a_time(taught, monkeypatch):
+    """The mask decoder learnt from the language model's state after single-target questions, so "the liver
+    and the kidneys" is asked as two questions; each name is answered once, and the text agrees with each."""
+    taught_names = {"ct": ["body", "kidneys", "liver"]}
+    req = read_request("Is there the liver and the kidney here? If so, outline them.", taught_names, "ct")
+    assert req.questions() == ["Segment the liver.", "Segment the kidneys."]
+    assert read_request("Segment the liver.", taught_names, "ct").questions() == ["Segment the liver."]
+    assert read_request("Describe the image.", taught_names, "ct").questions() == ["Describe the image."]
+    p = Predictor.from_pretrained(taught)
+    p.set_image(synth("ct", 2, size=64).image)
+    asked = []
+    real = p.model.generate
+
+    def spy(image, prompt, **kwargs):
+        asked.append(prompt)
+        return real(image, prompt, **kwargs)
+
+    monkeypatch.setattr(p.model, "generate", spy)
+    a = p.predict("Could you outline the liver, the kidney and the liver for me?")
+    assert asked == ["Segment the liver.", "Segment the kidneys."]
+    names = [t.name for t in a.targets]  # (what the tiny model calls its targets is its own affair)
+    assert names[0] == "liver" and len(names) == len(set(names)) <= 2
+    for t in a.targets:  # each decision is said, in agreement with it
+        assert t.present or re.search(rf"The {t.name} (?:is|are) not present in this image\.", a.text)
+    asked.clear()
+    vol = p.predict_volume(synth("ct", 2, size=64, volume=True).image, "Segment the liver and the kidneys.")
+    assert asked[0] == "Segment the liver." and asked[-1] == "Segment the kidneys." and vol.targets[0].name == "liver"
+
+
+def test_a_sentence_naming_an_absent_target_is_rewritten():
+    """The answer never lists a target as there when its decision is "not found"."""
+    from rcmed.predictor import Target, agree_text
+
+    gone = Target(name="optic disc", present=False, score=0.0, presence=0.02, mask=None)
+    text, amended = agree_text("Here are the optic disc and the vessels.", [gone])
+    assert text == "Here are the vessels. The optic disc is not present in this image." and amended == ["optic disc"]
+    assert agree_text("Here is the optic disc.", [gone])[0] == "The optic disc is not present in this image."
+    kept = "The optic disc is not present in this image. The cup is small."
+    assert agree_text(kept, [gone]) == (kept, [])

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rcmed.data.store import iter_records, read_sample
-from rcmed.eval.harness import _per_dataset, record_image
+from rcmed.eval.harness import _per_dataset, record_image, record_truths
 from rcmed.eval.metrics import dice
 from rcmed.postprocess import (
     MASK_PATHS,
@@ -50,31 +50,27 @@ class Answers:
 
 
 def ask(predictor, store: str | Path, split: str = "val", per_dataset: int | None = None,
-        progress: bool = False) -> Answers:
+        progress: bool = False, views: tuple[str, ...] = VIEWS, paths: bool = True) -> Answers:
     """Ask every target of every record of `split` (at most `per_dataset` per dataset, by a fixed hash of the
-    record id) with the folder's rules off, keeping what the choices need."""
+    record id) with the folder's rules off, keeping what the choices need: the logits of each of `views`
+    (`rcmed.tta.VIEWS`; "" the image alone) and, with `paths`, each mask path's Dice."""
     from tqdm import tqdm
-
 
     records = list(iter_records(store, split=split))
     if per_dataset is not None:
         records = _per_dataset(records, per_dataset)
     predictor.rules = PostprocessRules()
-    with_paths = predictor.model.config.pretrained_vision
+    with_paths = paths and predictor.model.config.pretrained_vision
     out = Answers()
     for rec in tqdm(records, desc="postprocess", unit="rec", disable=not progress):
         sample = read_sample(store, rec)
         predictor.set_image(record_image(rec, sample))
-        truths: dict[str, np.ndarray | None] = {n: sample.masks[k] for k, n in enumerate(rec.targets)}
-        truths.update({n: None for n in rec.absent if n not in truths})
-        if sample.instances is not None and rec.instance_target:
-            truths[rec.instance_target] = sample.instances > 0
-        for name, true in truths.items():
+        for name, true in record_truths(rec, sample).items():
             prompt = f"Segment the {name}."
             if predictor.read(prompt, rec.modality).refused:
                 continue  # refused by rule: the model never decides it
             present = true is not None and bool(true.any())
-            got = {v: predictor.predict(prompt, flips=tuple(v)).targets for v in VIEWS} if present else \
+            got = {v: predictor.predict(prompt, flips=tuple(v)).targets for v in views} if present else \
                 {"": predictor.predict(prompt, flips=()).targets}
             first = got[""][0] if got[""] else None
             out.questions.append((name, first.presence if first is not None else 0.0, present))

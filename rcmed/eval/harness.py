@@ -49,6 +49,18 @@ def record_image(rec, sample) -> MedicalImage:
                         modality=parse_modality(rec.modality), rgb=sample.image.ndim == 3, spacing_known=rec.spacing is not None)
 
 
+def record_truths(rec, sample) -> dict[str, np.ndarray | None]:
+    """Every name a store record answers for, in order, with its true mask ((H, W) bool, source pixels; may be
+    empty) or None where the record says the name is absent: its targets, its instance target (the union of the
+    instances), then its absent names. A name listed both ways keeps its mask. What every scoring asks."""
+    truths: dict[str, np.ndarray | None] = {n: np.asarray(sample.masks[k], bool) for k, n in enumerate(rec.targets)}
+    if sample.instances is not None and rec.instance_target:
+        truths[rec.instance_target] = sample.instances > 0
+    for n in rec.absent:
+        truths.setdefault(n, None)
+    return truths
+
+
 def _scale(name: str, instance: bool) -> str:
     """organ, lesion or cell: instances are cells; lesion words name lesions; the rest are organs
     and anatomical structures."""
@@ -348,10 +360,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
             for other in others.values():
                 other.set_image(img)
             x = normalize(img)
-            targets = [(n, sample.masks[k]) for k, n in enumerate(rec.targets)] + [(n, None) for n in rec.absent]
-            if sample.instances is not None and rec.instance_target:
-                targets.append((rec.instance_target, sample.instances > 0))
-            for name, true in targets:
+            for name, true in record_truths(rec, sample).items():
                 answer = predictor.predict(f"Segment the {name}.")
                 got = answer.targets[0] if answer.targets else None
                 p = got.presence if got is not None else 0.0

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from rcmed.data.store import iter_records, read_sample
-from rcmed.eval.harness import _per_dataset, record_image
+from rcmed.eval.harness import _per_dataset, record_image, record_truths
 from rcmed.eval.metrics import dice
 from rcmed.vocabulary import SYNONYMS, canonical_prompt, norm, resolve, target_key
 
@@ -36,8 +36,8 @@ PARAPHRASES: dict[str, str] = {  # family -> phrasing of one or several names ("
     "please-delineate": "Please delineate {names} in this image.",
     "show-me": "Show me {names}.",
     "highlight-for-me": "Highlight {names} for me.",
-    "would-like-segmented": "I would like {names} segmented.",  # not a pattern the request reader knows
-    "is-there-outline": "Is there {names} here? If so, outline it.",  # nor this: both reach the LM as written
+    "would-like-segmented": "I would like {names} segmented.",  # not a pattern the reader knows: reaches the LM as written
+    "is-there-outline": "Is there {names} here? If so, outline it.",  # read since the test of real3 (-0.25 as written)
 }
 UNKNOWN_NAMES = ("unicorn", "skull bone", "carburettor", "left ear", "appendix", "spinal cord", "gallbladder stone")
 
@@ -108,15 +108,9 @@ def _ask_record(predictor, store, rec, vocab: dict[str, list[str]], known: set[s
     sample = read_sample(store, rec)
     predictor.set_image(record_image(rec, sample))
     here = {n.lower() for n in vocab.get(rec.modality, [])}
-    truth: dict[str, np.ndarray | None] = {}
-    for k, n in enumerate(rec.targets):
-        if resolve(n, here) == target_key(n) and sample.masks[k].any():
-            truth[target_key(n)] = sample.masks[k].astype(bool)
-    for n in rec.absent:
-        if resolve(n, here) == target_key(n):
-            truth.setdefault(target_key(n), None)
-    if sample.instances is not None and rec.instance_target and resolve(rec.instance_target, here) == target_key(rec.instance_target):
-        truth[target_key(rec.instance_target)] = sample.instances > 0
+    # the names taught on the record's modality by their own names; an empty mask asks nothing here
+    truth = {target_key(n): t for n, t in record_truths(rec, sample).items()
+             if resolve(n, here) == target_key(n) and (t is None or t.any())}
     base = {"record": rec.id, "dataset": rec.source or rec.modality, "modality": rec.modality}
     rows: list[dict[str, object]] = []
 

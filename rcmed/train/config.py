@@ -65,17 +65,13 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
         """Read a config JSON; anything wrong with it (missing, not JSON, unknown options, bad values) is an
-        `RCMedInputError` naming the file, which the CLI prints as one line."""
+        `RCMedInputError` naming the file, which the CLI prints as one line. `"extends": "other.json"` (a path
+        beside this file) starts from that config, and this one states only what differs: its options replace
+        the other's whole (an option that is an object is replaced, not merged). The run folder gets the
+        resolved config (`to_json`), so a run never depends on the chain it was read from."""
         from rcmed.errors import RCMedInputError
 
-        try:
-            d = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise RCMedInputError(path, f"cannot read the training config ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise RCMedInputError(path, f"not valid JSON ({exc})") from None
-        if not isinstance(d, dict):
-            raise RCMedInputError(path, "a training config is a JSON object of options")
+        d = _read(Path(path), ())
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise RCMedInputError(path, f"unknown training options {sorted(unknown)}")
@@ -83,3 +79,26 @@ class TrainConfig:
             return cls(**d)
         except (TypeError, ValueError) as exc:
             raise RCMedInputError(path, str(exc)) from None
+
+
+def _read(path: Path, chain: tuple[Path, ...]) -> dict[str, object]:
+    """The options of the config at `path` with those of the configs it extends under them."""
+    from rcmed.errors import RCMedInputError
+
+    try:
+        d = json.loads(path.read_text())
+    except OSError as exc:
+        raise RCMedInputError(path, f"cannot read the training config ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise RCMedInputError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise RCMedInputError(path, "a training config is a JSON object of options")
+    parent = d.pop("extends", None)
+    if parent is None:
+        return d
+    if not isinstance(parent, str) or not parent:
+        raise RCMedInputError(path, f"'extends' names another config file beside this one, got {parent!r}")
+    base = path.parent / parent
+    if base.resolve() in (*chain, path.resolve()):
+        raise RCMedInputError(path, f"'extends' goes round in a circle through {parent}")
+    return {**_read(base, (*chain, path.resolve())), **d}

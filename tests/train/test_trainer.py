@@ -255,3 +255,30 @@ def test_cli_train_bad_config_is_one_line_error(tmp_path, text, expected):
     res = CliRunner().invoke(app, ["train", "--config", str(cfg)])
     assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_states_only_what_differs_from_the_one_it_extends(tmp_path):
+    """`"extends"` starts from another config beside this one; the run folder gets the resolved config."""
+    from dataclasses import asdict
+
+    from rcmed.errors import RCMedInputError
+    from rcmed.train.config import TrainConfig
+
+    (tmp_path / "base.json").write_text(json.dumps({"steps": 7, "lr": 0.01, "task_weights": {"locate": 2.0}, "stage": "mixed"}))
+    (tmp_path / "child.json").write_text(json.dumps({"extends": "base.json", "lr": 0.5, "task_weights": {"describe_all": 1.0}}))
+    cfg = TrainConfig.load(tmp_path / "child.json")
+    assert (cfg.steps, cfg.lr, cfg.stage) == (7, 0.5, "mixed")
+    assert cfg.task_weights == {"describe_all": 1.0}  # an object is replaced whole, never merged
+    assert "extends" not in json.loads(cfg.to_json()) and json.loads(cfg.to_json())["steps"] == 7
+    (tmp_path / "a.json").write_text(json.dumps({"extends": "b.json"}))
+    (tmp_path / "b.json").write_text(json.dumps({"extends": "a.json"}))
+    with pytest.raises(RCMedInputError, match="circle"):
+        TrainConfig.load(tmp_path / "a.json")
+    (tmp_path / "orphan.json").write_text(json.dumps({"extends": "missing.json"}))
+    with pytest.raises(RCMedInputError, match="cannot read"):
+        TrainConfig.load(tmp_path / "orphan.json")
+    # every shipped recipe config resolves, and states fewer options than it resolves to
+    root = Path(__file__).resolve().parents[2] / "configs" / "train"
+    for path in sorted(root.glob("default_*.json")):
+        stated = json.loads(path.read_text())
+        assert len(asdict(TrainConfig.load(path))) > len(stated), path.name
