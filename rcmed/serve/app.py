@@ -240,14 +240,79 @@ def _examples() -> dict[str, dict[str, object]]:
     return {c["file"]: {**c, "path": folder / c["file"]} for c in cases if (folder / c["file"]).is_file()}
 
 
+async def save_upload(file: UploadFile, folder: Path, cfg: ServeSettings) -> Path:
+    """The upload written into `folder` in chunks, refused past `cfg.max_upload_bytes`; a zip is extracted
+    (`extract_series`). Returns the file (or series folder) to read."""
+    suffix = _suffix(file.filename or "")
+    path = folder / f"upload{suffix}"
+    size = 0
+    with open(path, "wb") as fh:
+        while chunk := await file.read(1 << 20):
+            size += len(chunk)
+            if size > cfg.max_upload_bytes:
+                raise LimitExceededError("file", f"upload larger than {cfg.max_upload_bytes:,} bytes")
+            fh.write(chunk)
+    if size == 0:
+        raise RCMedInputError("file", "empty upload")
+    return extract_series(path, folder, cfg) if suffix == ".zip" else path
+
+
+def infer(predictor: Predictor, cfg: ServeSettings, path: Path, prompt: str, box: list[float] | None, with_masks: bool,
+          modality: str | None = None, points: list[list[float]] | None = None) -> dict[str, object]:
+    """Read the upload at `path` within `cfg`'s limits and answer `prompt` on it: the answer.json fields, with
+    `prompts` (box and points in image pixels) and, `with_masks`, per target its run-length mask and overlay
+    colour, plus the image and overlay PNGs (base64; per axial slice too for a volume)."""
+    from rcmed.io.readers import load
+
+    image = load(path, modality=modality, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384,
+                                                           max_bytes=cfg.max_pixels * 4))
+    answer = predictor.answer(image, prompt, boxes=[box] if box else None,
+                              points=[p[:2] for p in points] if points else None,
+                              point_labels=[int(p[2]) for p in points] if points else None)
+    data = predictor.answer_json(answer)
+    # what reached the model, in image pixels (the page draws in screen pixels and converts)
+    data["prompts"] = {"box": box, "points": points}
+    if with_masks:
+        colour = iter(PALETTE)  # the overlay paints the found targets in palette order
+        for t, d in zip(answer.targets, data["targets"], strict=True):  # type: ignore[arg-type]
+            d["mask"] = None
+            d["mask_rle"] = rle_encode(t.mask) if t.mask is not None else None
+            d["colour"] = "#%02x%02x%02x" % next(colour)[1] if t.mask is not None else None
+        images, overlays = _overlay_pngs(image, answer)
+        # one PNG each for a 2-D image; for a volume, lists over axial slices (middle one first)
+        data["image_png"], data["overlay_png"] = images[len(images) // 2], overlays[len(overlays) // 2]
+        if image.is_volume:
+            data["slices"] = {"image_png": images, "overlay_png": overlays}
+    return data
+
+
+def _parse_fields(prompt: str, modality: str | None, box: str | None,
+                  points: str | None) -> tuple[str | None, list[float] | None, list[list[float]] | None]:
+    """The form fields checked: (modality or None, box [x0, y0, x1, y1] or None, points or None); anything
+    wrong is an `RCMedInputError` (a 400 naming the field)."""
+    if not prompt or not prompt.strip():
+        raise RCMedInputError("prompt", "empty prompt")
+    modality = (modality or "").strip() or None
+    if modality is not None:
+        parse_modality(modality)  # an unknown name is a 400 naming the valid ones
+    box_v = None
+    if box:
+        try:
+            box_v = [float(v) for v in box.split(",")]
+        except ValueError:
+            raise RCMedInputError("box", "box must be 'x0,y0,x1,y1'") from None
+        if len(box_v) != 4:
+            raise RCMedInputError("box", "box must have four numbers x0,y0,x1,y1")
+    return modality, box_v, _parse_points(points) if points else None
+
+
 def create_app(predictor: Predictor, settings: ServeSettings | None = None):
     """The FastAPI app around one loaded predictor."""
     from rcmed import __version__
-    from rcmed.io.readers import load
 
     cfg = settings or ServeSettings()
     queue = InferenceQueue(cfg.queue_size)
-    lock = threading.Lock()  # the predictor holds one image at a time
+    lock = threading.Lock()
     app = FastAPI(title="RCMed", version=__version__, description="Medical vision-language assistant: text + masks.")
     app.state.queue = queue
     app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes + 2**20)  # multipart overhead allowed
@@ -276,43 +341,10 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
         return {"name": predictor.name, "version": __version__, "sha256": predictor.sha256,
                 "card": {"config": c.name, "lm": c.lm, "image_size": c.vision.img_size, "loop_rounds": c.loop_rounds}}
 
-    async def _save_upload(file: UploadFile, folder: Path) -> Path:
-        suffix = _suffix(file.filename or "")
-        path = folder / f"upload{suffix}"
-        size = 0
-        with open(path, "wb") as fh:
-            while chunk := await file.read(1 << 20):
-                size += len(chunk)
-                if size > cfg.max_upload_bytes:
-                    raise LimitExceededError("file", f"upload larger than {cfg.max_upload_bytes:,} bytes")
-                fh.write(chunk)
-        if size == 0:
-            raise RCMedInputError("file", "empty upload")
-        return extract_series(path, folder, cfg) if suffix == ".zip" else path
-
     def _infer(path: Path, prompt: str, box: list[float] | None, with_masks: bool,
                modality: str | None = None, points: list[list[float]] | None = None) -> dict[str, object]:
-        with lock:
-            image = load(path, modality=modality, limits=ReadLimits(max_voxels=cfg.max_pixels, max_side=16384,
-                                                                   max_bytes=cfg.max_pixels * 4))
-            answer = predictor.answer(image, prompt, boxes=[box] if box else None,
-                                      points=[p[:2] for p in points] if points else None,
-                                      point_labels=[int(p[2]) for p in points] if points else None)
-        data = predictor.answer_json(answer)
-        # what reached the model, in image pixels (the page draws in screen pixels and converts)
-        data["prompts"] = {"box": box, "points": points}
-        if with_masks:
-            colour = iter(PALETTE)  # the overlay paints the found targets in palette order
-            for t, d in zip(answer.targets, data["targets"], strict=True):  # type: ignore[arg-type]
-                d["mask"] = None
-                d["mask_rle"] = rle_encode(t.mask) if t.mask is not None else None
-                d["colour"] = "#%02x%02x%02x" % next(colour)[1] if t.mask is not None else None
-            images, overlays = _overlay_pngs(image, answer)
-            # one PNG each for a 2-D image; for a volume, lists over axial slices (middle one first)
-            data["image_png"], data["overlay_png"] = images[len(images) // 2], overlays[len(overlays) // 2]
-            if image.is_volume:
-                data["slices"] = {"image_png": images, "overlay_png": overlays}
-        return data
+        with lock:  # the predictor holds one image at a time
+            return infer(predictor, cfg, path, prompt, box, with_masks, modality, points)
 
     async def _handle(file: UploadFile, prompt: str, box: str | None, with_masks: bool, modality: str | None = None,
                       points: str | None = None):
@@ -320,22 +352,9 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
             return _error(503, "inference queue full; retry later", {"Retry-After": "5"})
         still_running = False  # after a 504 the slot is freed only when the inference itself ends
         try:
-            if not prompt or not prompt.strip():
-                raise RCMedInputError("prompt", "empty prompt")
-            modality = (modality or "").strip() or None
-            if modality is not None:
-                parse_modality(modality)  # an unknown name is a 400 naming the valid ones
-            box_v = None
-            if box:
-                try:
-                    box_v = [float(v) for v in box.split(",")]
-                except ValueError:
-                    raise RCMedInputError("box", "box must be 'x0,y0,x1,y1'") from None
-                if len(box_v) != 4:
-                    raise RCMedInputError("box", "box must have four numbers x0,y0,x1,y1")
-            points_v = _parse_points(points) if points else None
+            modality, box_v, points_v = _parse_fields(prompt, modality, box, points)
             with tempfile.TemporaryDirectory(prefix="rcmed-req-") as tmp:
-                path = await _save_upload(file, Path(tmp))
+                path = await save_upload(file, Path(tmp), cfg)
                 job = queue.executor.submit(_infer, path, prompt, box_v, with_masks, modality, points_v)
                 try:
                     return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), timeout=cfg.timeout_s)
