@@ -80,6 +80,7 @@ class Trainer:
             torch.use_deterministic_algorithms(previous)
 
     def _train(self) -> Path:
+        """Set up, run the steps (each logged; a checkpoint every `save_every`), save: one Accelerate process."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -95,11 +96,54 @@ class Trainer:
         if acc.is_main_process:
             self.run.mkdir(parents=True, exist_ok=True)
             (self.run / "train.json").write_text(cfg.to_json())
+        model, optimizer, scheduler, step, positions = self._setup(acc)
+        core: RCMedModel = acc.unwrap_model(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        rank = acc.process_index
+        stream = example_stream(cfg.data, cfg.stage, cfg.seed, start=positions[rank], rank=rank,
+                                world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer,
+                                policy=DrawPolicy(cfg.task_weights, cfg.absent_fraction, cfg.target_weights))
+        size = core.config.vision.img_size
+        batches = batch_stream(stream, cfg.batch_size, lambda exs: build_batch(core.processor, exs, size), cfg.prefetch)
+        cache = self._feature_cache(core)
+        log = _MetricsLog(self.run, cfg, step) if acc.is_main_process else None
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.stage}", unit="step",
+                   disable=not acc.is_main_process or not sys.stderr.isatty())
+        seen: list[str] = []
+        model.train()
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            sums, data_s, position = self._step(acc, model, core, optimizer, scheduler, params, batches, cache, seen)
+            step += 1
+            step_s = time.perf_counter() - t0
+            all_pos = acc.gather(torch.tensor([position])).tolist()
+            if log is not None and step % cfg.log_every == 0:
+                log.write(step, sums, scheduler.get_last_lr()[0], step_s, data_s,
+                          cfg.batch_size * cfg.grad_accum * acc.num_processes / step_s)
+            bar.set_postfix(loss=f"{sums['loss']:.3f}", step_s=f"{step_s:.2f}")
+            bar.update(1)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    save_checkpoint(self.run / "checkpoints" / f"step-{step:07d}", core.trainable_state_dict(), optimizer,
+                                    scheduler, step, all_pos[0], extra={"positions": all_pos})
+                    _prune(self.run, cfg.keep_checkpoints)
+        bar.close()
+        batches.close()  # stops the prefetch thread
+        self._finish(acc, core, seen, log)
+        return self.run / "model"
+
+    def _setup(self, acc) -> tuple:
+        """(model, optimizer, scheduler) prepared by Accelerate, from `init_from` or the last checkpoint when
+        resuming, with the step and the per-process data positions to go on from."""
+        cfg = self.cfg
         model = RCMedModel(model_config(cfg))
         if cfg.init_from:
             _load_trainable(model, Path(cfg.init_from))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
         scheduler = _schedule(optimizer, cfg)
         step, positions = 0, [0] * acc.num_processes
         ckpt = latest_checkpoint(self.run) if self.resume else None
@@ -111,86 +155,47 @@ class Trainer:
             step, positions = meta["step"], meta["positions"]
             acc.print(f"resuming {self.run.name} at step {step}")
         model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-        core: RCMedModel = acc.unwrap_model(model)
-        size = core.config.vision.img_size
-        cache = None
-        if cfg.feature_cache:
-            if not core.config.freeze_vision:
-                raise ValueError("feature_cache needs a frozen encoder (model_overrides freeze_vision: true)")
-            from rcmed.train.feature_cache import FeatureCache
+        return model, optimizer, scheduler, step, positions
 
-            cache = FeatureCache(cfg.feature_cache, core.image_encoder)
-        rank = acc.process_index
-        policy = DrawPolicy(cfg.task_weights, cfg.absent_fraction, cfg.target_weights)
-        stream = example_stream(cfg.data, cfg.stage, cfg.seed, start=positions[rank], rank=rank,
-                                world_size=acc.num_processes, split=cfg.split, buffer=cfg.shuffle_buffer,
-                                policy=policy)
-        position = positions[rank]
-        batches = batch_stream(stream, cfg.batch_size, lambda exs: build_batch(core.processor, exs, size), cfg.prefetch)
-        seen: list[str] = []
-        metrics_path = self.run / "metrics.csv"
-        new_file = not metrics_path.exists()
-        writer = None
-        tb = None
-        if acc.is_main_process:
-            if cfg.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+    def _feature_cache(self, core: RCMedModel):
+        """The frozen encoder's feature cache of `feature_cache`, or None."""
+        if not self.cfg.feature_cache:
+            return None
+        if not core.config.freeze_vision:
+            raise ValueError("feature_cache needs a frozen encoder (model_overrides freeze_vision: true)")
+        from rcmed.train.feature_cache import FeatureCache
 
-                tb = SummaryWriter(str(self.run / "tensorboard"), purge_step=step + 1 if step else None)
-            fh = open(metrics_path, "a", newline="")
-            writer = csv.writer(fh)
-            if new_file:
-                writer.writerow(["step", *LOSS_KEYS, "lr", "step_s", "data_s", "samples_per_s"])
-        from tqdm import tqdm
+        return FeatureCache(self.cfg.feature_cache, core.image_encoder)
 
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.stage}", unit="step",
-                   disable=not acc.is_main_process or not sys.stderr.isatty())
-        model.train()
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            data_s = 0.0
-            sums = dict.fromkeys(LOSS_KEYS, 0.0)
-            for _ in range(cfg.grad_accum):
-                td = time.perf_counter()
-                batch, position, ids = next(batches)
-                seen += ids
-                if cache is not None:
-                    batch.features = cache.features(batch.pixel_values, core.encode)
-                data_s += time.perf_counter() - td
-                with acc.accumulate(model):
-                    out = model(batch)
-                    acc.backward(out["loss"])
-                    if acc.sync_gradients and cfg.clip_grad > 0:
-                        acc.clip_grad_norm_(params, cfg.clip_grad)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                for k in LOSS_KEYS:
-                    sums[k] += float(out[k].detach()) / cfg.grad_accum
-            step += 1
-            step_s = time.perf_counter() - t0
-            all_pos = acc.gather(torch.tensor([position])).tolist()
-            if writer is not None and step % cfg.log_every == 0:
-                writer.writerow([step, *(round(sums[k], 6) for k in LOSS_KEYS), scheduler.get_last_lr()[0],
-                                 round(step_s, 4), round(data_s, 4),
-                                 round(cfg.batch_size * cfg.grad_accum * acc.num_processes / step_s, 2)])
-                fh.flush()
-                if tb is not None:
-                    for k in LOSS_KEYS:
-                        tb.add_scalar(f"loss/{k}", sums[k], step)
-                    tb.add_scalar("lr", scheduler.get_last_lr()[0], step)
-                    tb.add_scalar("time/step_s", step_s, step)
-                    tb.add_scalar("time/data_s", data_s, step)
-            bar.set_postfix(loss=f"{sums['loss']:.3f}", step_s=f"{step_s:.2f}")
-            bar.update(1)
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                acc.wait_for_everyone()
-                if acc.is_main_process:
-                    save_checkpoint(self.run / "checkpoints" / f"step-{step:07d}", core.trainable_state_dict(), optimizer,
-                                    scheduler, step, all_pos[0], extra={"positions": all_pos})
-                    _prune(self.run, cfg.keep_checkpoints)
-        bar.close()
-        batches.close()  # stops the prefetch thread
+    def _step(self, acc, model, core: RCMedModel, optimizer, scheduler, params, batches, cache,
+              seen: list[str]) -> tuple[dict[str, float], float, int]:
+        """One optimizer update over `grad_accum` micro-batches: (mean loss terms, seconds waiting for data,
+        the data position after it). The record ids drawn are appended to `seen`."""
+        cfg = self.cfg
+        data_s, position = 0.0, 0
+        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        for _ in range(cfg.grad_accum):
+            td = time.perf_counter()
+            batch, position, ids = next(batches)
+            seen += ids
+            if cache is not None:
+                batch.features = cache.features(batch.pixel_values, core.encode)
+            data_s += time.perf_counter() - td
+            with acc.accumulate(model):
+                out = model(batch)
+                acc.backward(out["loss"])
+                if acc.sync_gradients and cfg.clip_grad > 0:
+                    acc.clip_grad_norm_(params, cfg.clip_grad)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            for k in LOSS_KEYS:
+                sums[k] += float(out[k].detach()) / cfg.grad_accum
+        return sums, data_s, position
+
+    def _finish(self, acc, core: RCMedModel, seen: list[str], log: "_MetricsLog | None") -> None:
+        """Each process writes what it saw and its weights' checksums (ranks/); the main one saves the model,
+        its targets and the loss plot."""
         acc.wait_for_everyone()
         final = core.trainable_state_dict()
         ranks = self.run / "ranks"
@@ -198,18 +203,49 @@ class Trainer:
         params = {k: v for k, v in final.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
         # BatchNorm statistics are per process under DDP (synchronised from rank 0 at each forward),
         # so replicas are compared on parameters; `checksum` covers everything rank 0 saves.
-        (ranks / f"rank-{rank}.json").write_text(json.dumps({"records_seen": seen, "checksum": weights_checksum(final),
-                                                             "params_checksum": weights_checksum(params)}))
-        if acc.is_main_process:
-            fh.close()
-            if tb is not None:
-                tb.close()
+        (ranks / f"rank-{acc.process_index}.json").write_text(json.dumps(
+            {"records_seen": seen, "checksum": weights_checksum(final), "params_checksum": weights_checksum(params)}))
+        if log is not None:
+            log.close()
             core.save_pretrained(self.run / "model")
-            write_targets(cfg, self.run / "model" / "targets.json")
-            plot_losses(metrics_path, self.run / "loss.png")
+            write_targets(self.cfg, self.run / "model" / "targets.json")
+            plot_losses(self.run / "metrics.csv", self.run / "loss.png")
         acc.wait_for_everyone()
         acc.end_training()
-        return self.run / "model"
+
+
+class _MetricsLog:
+    """The main process's log: one row per step in RUN/metrics.csv (appended to when resuming) and, with
+    `tensorboard`, the same scalars in RUN/tensorboard."""
+
+    def __init__(self, run: Path, cfg: TrainConfig, step: int) -> None:
+        path = run / "metrics.csv"
+        new_file = not path.exists()
+        self.fh = open(path, "a", newline="")
+        self.writer = csv.writer(self.fh)
+        if new_file:
+            self.writer.writerow(["step", *LOSS_KEYS, "lr", "step_s", "data_s", "samples_per_s"])
+        self.tb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tensorboard"), purge_step=step + 1 if step else None)
+
+    def write(self, step: int, sums: dict[str, float], lr: float, step_s: float, data_s: float, samples_per_s: float) -> None:
+        self.writer.writerow([step, *(round(sums[k], 6) for k in LOSS_KEYS), lr, round(step_s, 4), round(data_s, 4),
+                              round(samples_per_s, 2)])
+        self.fh.flush()
+        if self.tb is not None:
+            for k in LOSS_KEYS:
+                self.tb.add_scalar(f"loss/{k}", sums[k], step)
+            self.tb.add_scalar("lr", lr, step)
+            self.tb.add_scalar("time/step_s", step_s, step)
+            self.tb.add_scalar("time/data_s", data_s, step)
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def write_targets(cfg: TrainConfig, path: Path) -> None:
