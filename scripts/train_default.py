@@ -605,7 +605,7 @@ def realunet() -> None:
     keep its weights for `realtest`."""
     import torch
 
-    from rcmed.eval.harness import UNetBaseline
+    from rcmed.eval.baselines import UNetBaseline
 
     torch.set_num_threads(1)
     t0 = time.time()

@@ -6,8 +6,8 @@ target it names, present or absent. Rows are written to `cases.jsonl` as they ar
 (memory stays flat in the number of records). Aggregation is per case first: the slices of one
 case are pooled into one mask pair per target before Dice is computed (volumetric Dice over the
 slices the store holds), then cases are averaged; confidence intervals are 95% bootstrap over
-cases. Baseline "litemedsam-box" is LiteMedSAM prompted with the true box (an oracle upper
-reference), run on the same records.
+cases. The reference methods (`--baseline`, `rcmed.eval.baselines`) and the other models (`--model`) are
+run on the same records.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rcmed.data.store import iter_records, read_sample
 from rcmed.errors import RCMedInputError
+from rcmed.eval.baselines import LiteMedSAMBox, LiteMedSAMComponentBoxes, OtsuWatershed, UNetBaseline
 from rcmed.eval.metrics import aji, box_iou, counting_error, description_facts, dice, presence_metrics, text_metrics
 from rcmed.io.image import MedicalImage, affine_from_spacing, parse_modality
 from rcmed.io.normalize import normalize
@@ -89,202 +90,6 @@ def training_cases(model_folder: Path) -> set[str]:
     return cases
 
 
-class LiteMedSAMBox:
-    """The oracle baseline: LiteMedSAM given the true box of each present target."""
-
-    name = "litemedsam-box"
-
-    def __init__(self) -> None:
-        from rcmed.model.medsam import LiteMedSAM
-
-        self.model = LiteMedSAM.from_pretrained()
-
-    def __call__(self, x: np.ndarray, true: np.ndarray) -> np.ndarray:
-        import torch
-
-        from rcmed.model.processing import postprocess_mask, prepare_image, prepare_mask
-
-        pix, geom = prepare_image(x, 256)
-        t = prepare_mask(true, geom)
-        ys, xs = torch.nonzero(t, as_tuple=True)
-        if ys.numel() == 0:
-            return np.zeros(true.shape, bool)
-        box = torch.tensor([[float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]])
-        with torch.inference_mode():
-            out = self.model.segment_boxes(self.model.encode(pix[None]), box)
-        return postprocess_mask(out.masks[0, 0], geom)
-
-
-class LiteMedSAMComponentBoxes:
-    """The fair oracle for scattered targets: LiteMedSAM given the true box of *each connected
-    component* (one box around a union of a hundred nuclei is no reference), masks united. One
-    encoder pass per image; boxes decoded 64 at a time."""
-
-    name = "litemedsam-cc-box"
-
-    def __init__(self) -> None:
-        from rcmed.model.medsam import LiteMedSAM
-
-        self.model = LiteMedSAM.from_pretrained()
-        self._cache: tuple[int, object] | None = None
-
-    def __call__(self, x: np.ndarray, true: np.ndarray) -> np.ndarray:
-        import torch
-        from scipy import ndimage as ndi
-
-        from rcmed.model.processing import postprocess_mask, prepare_image, prepare_mask
-
-        pix, geom = prepare_image(x, 256)
-        lab, n = ndi.label(prepare_mask(true, geom).numpy() > 0)
-        if n == 0:
-            return np.zeros(true.shape, bool)
-        key = hash(x.tobytes())
-        if self._cache is None or self._cache[0] != key:
-            with torch.inference_mode():
-                self._cache = (key, self.model.encode(pix[None]))
-        feats = self._cache[1]
-        boxes = torch.tensor([[sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1]
-                              for sl in ndi.find_objects(lab)], dtype=torch.float32)
-        best = None
-        with torch.inference_mode():
-            for i in range(0, len(boxes), 64):
-                logits = self.model.segment_boxes(feats, boxes[i:i + 64]).masks[:, 0].amax(dim=0)
-                best = logits if best is None else torch.maximum(best, logits)
-        return postprocess_mask(best, geom)
-
-
-class OtsuWatershed:
-    """The classical baseline for cells and nuclei: Otsu threshold (foreground = the minority
-    side, so dark H&E nuclei and bright fluorescent ones both work), distance transform, local
-    maxima as markers, watershed. Applies to instance targets only."""
-
-    name = "otsu-watershed"
-    instance_only = True
-
-    def labels(self, x: np.ndarray) -> np.ndarray:
-        from scipy import ndimage as ndi
-        from skimage.feature import peak_local_max
-        from skimage.filters import threshold_otsu
-        from skimage.segmentation import watershed
-
-        g = x if x.ndim == 2 else x[..., :3].mean(axis=-1)
-        if float(g.max() - g.min()) < 1e-6:
-            return np.zeros(g.shape, np.int32)
-        fg = g > threshold_otsu(g)
-        if fg.mean() > 0.5:
-            fg = ~fg
-        dist = ndi.distance_transform_edt(fg)
-        peaks = peak_local_max(dist, min_distance=3, labels=ndi.label(fg)[0])
-        markers = np.zeros(g.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        return watershed(-dist, markers, mask=fg).astype(np.int32)
-
-    def __call__(self, x: np.ndarray, true: np.ndarray) -> np.ndarray:
-        return self.labels(x) > 0
-
-
-class UNetBaseline:
-    """The specialist baseline: a MONAI 2-D U-Net trained on the store's training split, one
-    sigmoid channel per target name seen there, for a fixed CPU time budget (give it the budget
-    RCMed had). A target name it never saw gets an empty mask."""
-
-    name = "unet"
-
-    def __init__(self, store: str | Path, budget_s: float = 60.0, size: int = 128, seed: int = 0,
-                 weights: str | Path | None = None) -> None:
-        """`weights`: a file to load the trained net from when it exists (trained on the same store, size
-        and budget; its header says so), else where to save it after training."""
-        import time
-
-        import torch
-        from monai.networks.nets import UNet
-        from safetensors.torch import load_file, save_file
-
-        from rcmed.model.processing import prepare_image, prepare_mask
-
-        self.size = size
-        train = list(iter_records(store, split="train"))
-        if not train:
-            raise RCMedInputError(str(store), "the U-Net baseline needs a 'train' split in the store")
-        self.names = sorted({n for r in train for n in r.targets} | {r.instance_target for r in train if r.instance_target})
-        torch.manual_seed(seed)
-        self.net = UNet(spatial_dims=2, in_channels=3, out_channels=len(self.names), channels=(16, 32, 64, 128),
-                        strides=(2, 2, 2), num_res_units=1)
-        self._cache: tuple[int, np.ndarray] | None = None
-        meta = {"names": json.dumps(self.names), "size": str(size), "budget_s": str(budget_s), "seed": str(seed),
-                "train_records": str(len(train))}
-        if weights is not None and Path(weights).is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(weights), "pt") as fh:
-                if fh.metadata() != {**meta, "steps": fh.metadata().get("steps", "")}:
-                    raise RCMedInputError(str(weights), "U-Net weights were trained on another store, size or budget")
-                self.steps = int(fh.metadata()["steps"])
-            self.net.load_state_dict(load_file(str(weights)))
-            self.net.eval()
-            return
-        xs, ys, ws = [], [], []
-        for r in train:
-            s = read_sample(store, r)
-            img = MedicalImage(array=s.image, modality=parse_modality(r.modality), rgb=s.image.ndim == 3)
-            x, geom = prepare_image(normalize(img), size)
-            y = torch.zeros(len(self.names), size, size)
-            # the loss sees only the channels this record labels (present or known absent): a dataset that does not
-            # outline the heart says nothing about the heart in its images
-            w = torch.zeros(len(self.names))
-            for n in r.absent:
-                if n in self.names:
-                    w[self.names.index(n)] = 1.0
-            for k, n in enumerate(r.targets):
-                y[self.names.index(n)] = prepare_mask(s.masks[k], geom)
-                w[self.names.index(n)] = 1.0
-            if s.instances is not None and r.instance_target:
-                y[self.names.index(r.instance_target)] = prepare_mask(s.instances > 0, geom)
-                w[self.names.index(r.instance_target)] = 1.0
-            xs.append(x)
-            ys.append(y)
-            ws.append(w)
-        x_all, y_all, w_all = torch.stack(xs), torch.stack(ys), torch.stack(ws)
-        opt = torch.optim.Adam(self.net.parameters(), lr=2e-3)
-        rng = np.random.default_rng(seed)
-        start = time.perf_counter()
-        self.steps = 0
-        while time.perf_counter() - start < budget_s:
-            idx = torch.as_tensor(rng.choice(len(x_all), size=min(8, len(x_all)), replace=False))
-            logits = self.net(x_all[idx])
-            p = torch.sigmoid(logits)
-            y, w = y_all[idx], w_all[idx]
-            inter = (p * y).sum((2, 3))
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean((2, 3))
-            soft_dice = 1 - (2 * inter + 1) / (p.sum((2, 3)) + y.sum((2, 3)) + 1)
-            loss = ((bce + soft_dice) * w).sum() / w.sum().clamp(min=1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            self.steps += 1
-        self.net.eval()
-        if weights is not None:
-            Path(weights).parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(weights),
-                      metadata={**meta, "steps": str(self.steps)})
-
-    def predict(self, x: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        import torch
-
-        from rcmed.model.processing import postprocess_mask, prepare_image
-
-        if name not in self.names:
-            return np.zeros(shape, bool)
-        key = hash(x.tobytes())
-        if self._cache is None or self._cache[0] != key:
-            pix, geom = prepare_image(x, self.size)
-            with torch.no_grad():
-                logits = self.net(pix[None])[0]
-            self._cache = (key, (logits, geom))  # type: ignore[assignment]
-        logits, geom = self._cache[1]  # type: ignore[misc]
-        return postprocess_mask(logits[self.names.index(name)], geom)
-
-
 def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str | Path, split: str | None = "test",
              baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True,
              ablations: tuple[str, ...] = (), unet_budget_s: float = 60.0, describe: bool = True,
@@ -303,12 +108,39 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     fixed hash of the record id (the same records on every run and machine)."""
     from tqdm import tqdm
 
-    from rcmed.predictor import Predictor, mask_box
+    from rcmed.predictor import Predictor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_dirs = [Path(m) for m in (model if isinstance(model, list) else [model])]
-    model_dir = model_dirs[0]
+    records = _select_records(store, split, limit, per_dataset)
+    _refuse_leaks(store, model_dirs, records)
+    for a in ablations:
+        if a not in ABLATIONS:
+            raise RCMedInputError("--ablation", f"unknown ablation {a!r}; use one of {sorted(ABLATIONS)} (to compare training "
+                                                "choices, train the other model and pass it with --model)")
+    runners = _baselines(baselines, store, unet_budget_s, unet_size, unet_weights)
+    asker = _Asker(Predictor.from_pretrained(model_dirs[0]),
+                   {_method_name(m, i): Predictor.from_pretrained(m) for i, m in enumerate(model_dirs[1:], start=1)},
+                   runners, runners.pop("unet", None), ablations, mask_paths)
+    tally = _Tally()
+    with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
+        for rec in tqdm(records, desc="eval", unit="rec", disable=not progress):
+            for row in asker.record(store, rec, tally, describe):
+                fh.write(json.dumps(row) + "\n")
+                tally.rows += 1
+    tables = _aggregate(tally.pooled, tally.meta, tally.presence_p, tally.presence_y, tally.presence_called)
+    tables["datasets"] = _dataset_table(tally.pooled, tally.sources, out / "cases.jsonl")
+    tables["descriptions"] = _description_table(tally.described)
+    tables["registry"] = _registry_table(tally.registry)
+    tables["recognition"] = _modality_table(tally.recognised)
+    _write_tables(out, tables)
+    _plot(out, tables)
+    return EvalReport(rows=tally.rows, cases=len({r.case_id for r in records}), tables=tables, out=out)
+
+
+def _select_records(store: str | Path, split: str | None, limit: int | None, per_dataset: int | None) -> list:
+    """The records to score: the split's, the first `limit`, at most `per_dataset` of each dataset; never none."""
     records = list(iter_records(store, split=split)) if limit is None else []
     if limit is not None:
         for r in iter_records(store, split=split):
@@ -319,127 +151,154 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
         records = _per_dataset(records, per_dataset)
     if not records:
         raise RCMedInputError(str(store), f"no records in split {split!r}; split the store by case first (rcmed data split)")
+    return records
+
+
+def _refuse_leaks(store: str | Path, model_dirs: list[Path], records: list) -> None:
+    """Refuse to score a case any of the models was trained on."""
     leaked = set().union(*(training_cases(m) for m in model_dirs)) & {r.case_id for r in records}
     if leaked:
         raise RCMedInputError(str(store), f"{len(leaked)} evaluation case(s) were used for training (e.g. {sorted(leaked)[0]!r}); "
                                           "evaluate on cases the model never saw")
-    predictor = Predictor.from_pretrained(model_dir)
-    others = {_method_name(m, i): Predictor.from_pretrained(m) for i, m in enumerate(model_dirs[1:], start=1)}
-    for a in ablations:
-        if a not in ABLATIONS:
-            raise RCMedInputError("--ablation", f"unknown ablation {a!r}; use one of {sorted(ABLATIONS)} (to compare training "
-                                                "choices, train the other model and pass it with --model)")
+
+
+def _baselines(names: tuple[str, ...], store, unet_budget_s: float, unet_size: int, unet_weights) -> dict[str, object]:
+    """The reference methods asked for (`rcmed.eval.baselines`), by name; the U-Net trains (or loads) here."""
     base = {"litemedsam-box": LiteMedSAMBox, "litemedsam-cc-box": LiteMedSAMComponentBoxes, "otsu-watershed": OtsuWatershed,
             "unet": lambda: UNetBaseline(store, budget_s=unet_budget_s, size=unet_size, weights=unet_weights)}
     runners = {}
-    for b in baselines:
+    for b in names:
         if b not in base:
             raise RCMedInputError("--baseline", f"unknown baseline {b!r}; use one of {sorted(base)}")
         runners[b] = base[b]()
-    unet = runners.pop("unet", None)
-    # per (method, case, target): pooled voxel counts for case-level Dice
-    pooled: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-    meta: dict[tuple[str, str], dict[str, object]] = {}
-    presence_p: list[float] = []
-    presence_y: list[int] = []
-    presence_called: list[bool] = []
-    sources: dict[tuple[str, str], str] = {}  # (case, modality|target) -> dataset
-    registry: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)  # (modality, region, target, task) -> scores
-    described: dict[str, list[dict[str, object]]] = defaultdict(list)  # modality -> describe rows
-    recognised: list[dict[str, object]] = []  # per record: true and recognised modality
-    n_rows = 0
-    with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
-        for rec in tqdm(records, desc="eval", unit="rec", disable=not progress):
-            sample = read_sample(store, rec)
-            img = record_image(rec, sample)
-            predictor.set_image(img)
-            guess = predictor.recognise(img)  # the modality head, as for an image sent without a modality
-            if guess is not None:
-                recognised.append({"dataset": rec.source or rec.modality, "modality": img.modality.value,
-                                   "recognised": guess[0], "confidence": guess[1]})
-            for other in others.values():
-                other.set_image(img)
-            x = normalize(img)
-            for name, true in record_truths(rec, sample).items():
-                answer = predictor.predict(f"Segment the {name}.")
-                got = answer.targets[0] if answer.targets else None
-                p = got.presence if got is not None else 0.0
-                pred = got.mask if (got is not None and got.mask is not None) else np.zeros(sample.image.shape[:2], bool)
-                present = true is not None and bool(true.any())
-                called = bool(got is not None and got.present)  # the model's decision (its folder may cut presence per target)
-                presence_p.append(p)
-                presence_y.append(int(present))
-                presence_called.append(called)
-                row = {"record": rec.id, "case": rec.case_id, "source": rec.source, "modality": rec.modality,
-                       "body_region": rec.body_region,
-                       "target": name, "task": "segment", "present": present, "presence": round(p, 4), "called": called,
-                       "answer": answer.text,
-                       # answered "not trained for this" by the vocabulary (never taught, or only on other modalities)
-                       "refused": bool(answer.unknown or answer.off_modality)}
-                registry[(rec.modality, rec.body_region, name, "presence")].append(float(called == present))
-                if present:
-                    tb, pb = mask_box(true), mask_box(pred)
-                    row["box_iou"] = round(box_iou(pb, tb), 4) if pb is not None else 0.0
-                    registry[(rec.modality, rec.body_region, name, "locate")].append(row["box_iou"])
-                    is_inst = name == rec.instance_target
-                    key = (rec.modality, name)
-                    meta[key] = {"scale": _scale(name, is_inst), "body_region": rec.body_region}
-                    row["dice"] = round(dice(pred, true), 4)
-                    methods = [("rcmed", pred)] + [(b, f(x, true)) for b, f in runners.items()
-                                                   if is_inst or not getattr(f, "instance_only", False)]
-                    prompt = f"Segment the {name}."
-                    if unet is not None:
-                        methods.append(("unet", unet.predict(x, name, true.shape)))
-                    for label, other in others.items():
-                        methods.append((label, _first_mask(other.predict(prompt), true.shape)))
-                    if mask_paths:
-                        for path in ("box", "both"):
-                            methods.append((f"rcmed-{path}", _first_mask(predictor.predict(prompt, mask_path=path), true.shape)))
-                    for a in ablations:
-                        methods.append((f"rcmed-{a}", _first_mask(predictor.predict(prompt, **ABLATIONS[a]), true.shape)))
-                    if is_inst:
-                        from scipy import ndimage as ndi
+    return runners
 
-                        from rcmed.eval.metrics import match_instances
 
-                        pred_labels = ndi.label(pred)[0]
-                        matched = match_instances(pred_labels, sample.instances, 0.5)
-                        row["ap50"], row["f1_50"] = round(matched.ap, 4), round(matched.f1, 4)
-                        row["aji"] = round(aji(pred_labels, sample.instances), 4)
-                        n_true = int(len(np.unique(sample.instances)) - (0 in sample.instances))
-                        row["count"], row["count_true"] = int(pred_labels.max()), n_true
-                        registry[(rec.modality, rec.body_region, name, "count")].append(
-                            counting_error(int(pred_labels.max()), n_true)[1])
-                        if "otsu-watershed" in runners:
-                            ow = runners["otsu-watershed"].labels(x)
-                            row["ap50_otsu-watershed"] = round(match_instances(ow, sample.instances, 0.5).ap, 4)
-                    sources[(rec.case_id, f"{rec.modality}|{name}")] = rec.source or rec.modality
-                    for method, m in methods:
-                        acc = pooled[(method, rec.case_id, f"{rec.modality}|{name}")]
-                        acc[0] += int((m & true).sum())
-                        acc[1] += int(m.sum())
-                        acc[2] += int(true.sum())
-                        if method != "rcmed":
-                            row[f"dice_{method}"] = round(dice(m, true), 4)
-                if present:
-                    registry[(rec.modality, rec.body_region, name, "segment")].append(row["dice"])
-                fh.write(json.dumps(row) + "\n")
-                n_rows += 1
-            if describe:
-                row = _describe_row(predictor, x, rec, sample)
-                if row is not None:
-                    registry[(rec.modality, rec.body_region, row["target"], "describe")].append(row["fact_accuracy"])
-                    described[rec.modality].append(row)
-                    fh.write(json.dumps(row) + "\n")
-                    n_rows += 1
-    tables = _aggregate(pooled, meta, presence_p, presence_y, presence_called)
-    tables["datasets"] = _dataset_table(pooled, sources, out / "cases.jsonl")
-    tables["descriptions"] = _description_table(described)
-    tables["registry"] = _registry_table(registry)
-    tables["recognition"] = _modality_table(recognised)
-    _write_tables(out, tables)
-    _plot(out, tables)
-    return EvalReport(rows=n_rows, cases=len({r.case_id for r in records}), tables=tables, out=out)
+@dataclass
+class _Tally:
+    """What the scoring gathers over the records, for the tables."""
+
+    # per (method, case, modality|target): pooled voxel counts [intersection, predicted, true] for case-level Dice
+    pooled: dict[tuple[str, str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+    meta: dict[tuple[str, str], dict[str, object]] = field(default_factory=dict)  # (modality, target) -> scale, region
+    presence_p: list[float] = field(default_factory=list)
+    presence_y: list[int] = field(default_factory=list)
+    presence_called: list[bool] = field(default_factory=list)
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (case, modality|target) -> dataset
+    # (modality, region, target, task) -> scores
+    registry: dict[tuple[str, str, str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+    described: dict[str, list[dict[str, object]]] = field(default_factory=lambda: defaultdict(list))  # modality -> rows
+    recognised: list[dict[str, object]] = field(default_factory=list)  # per record: true and recognised modality
+    rows: int = 0
+
+
+@dataclass
+class _Asker:
+    """Asks one record's questions of the model (and the other models, baselines, ablations and mask paths on
+    its present targets), adding to a `_Tally`; yields the rows of cases.jsonl."""
+
+    predictor: object
+    others: dict[str, object]
+    runners: dict[str, object]
+    unet: object | None
+    ablations: tuple[str, ...]
+    mask_paths: bool
+
+    def record(self, store, rec, tally: _Tally, describe: bool):
+        sample = read_sample(store, rec)
+        img = record_image(rec, sample)
+        self.predictor.set_image(img)
+        guess = self.predictor.recognise(img)  # the modality head, as for an image sent without a modality
+        if guess is not None:
+            tally.recognised.append({"dataset": rec.source or rec.modality, "modality": img.modality.value,
+                                     "recognised": guess[0], "confidence": guess[1]})
+        for other in self.others.values():
+            other.set_image(img)
+        x = normalize(img)
+        for name, true in record_truths(rec, sample).items():
+            yield self._segment(rec, sample, x, name, true, tally)
+        if describe:
+            row = _describe_row(self.predictor, x, rec, sample)
+            if row is not None:
+                tally.registry[(rec.modality, rec.body_region, row["target"], "describe")].append(row["fact_accuracy"])
+                tally.described[rec.modality].append(row)
+                yield row
+
+    def _segment(self, rec, sample, x: np.ndarray, name: str, true: np.ndarray | None, tally: _Tally) -> dict[str, object]:
+        """"Segment the {name}." asked and scored: the row of cases.jsonl."""
+        from rcmed.predictor import mask_box
+
+        answer = self.predictor.predict(f"Segment the {name}.")
+        got = answer.targets[0] if answer.targets else None
+        p = got.presence if got is not None else 0.0
+        pred = got.mask if (got is not None and got.mask is not None) else np.zeros(sample.image.shape[:2], bool)
+        present = true is not None and bool(true.any())
+        called = bool(got is not None and got.present)  # the model's decision (its folder may cut presence per target)
+        tally.presence_p.append(p)
+        tally.presence_y.append(int(present))
+        tally.presence_called.append(called)
+        row = {"record": rec.id, "case": rec.case_id, "source": rec.source, "modality": rec.modality,
+               "body_region": rec.body_region,
+               "target": name, "task": "segment", "present": present, "presence": round(p, 4), "called": called,
+               "answer": answer.text,
+               # answered "not trained for this" by the vocabulary (never taught, or only on other modalities)
+               "refused": bool(answer.unknown or answer.off_modality)}
+        tally.registry[(rec.modality, rec.body_region, name, "presence")].append(float(called == present))
+        if not present:
+            return row
+        tb, pb = mask_box(true), mask_box(pred)
+        row["box_iou"] = round(box_iou(pb, tb), 4) if pb is not None else 0.0
+        tally.registry[(rec.modality, rec.body_region, name, "locate")].append(row["box_iou"])
+        is_inst = name == rec.instance_target
+        tally.meta[(rec.modality, name)] = {"scale": _scale(name, is_inst), "body_region": rec.body_region}
+        row["dice"] = round(dice(pred, true), 4)
+        methods = [("rcmed", pred), *self._references(x, name, true, is_inst)]
+        if is_inst:
+            self._instances(rec, sample, x, name, pred, row, tally)
+        tally.sources[(rec.case_id, f"{rec.modality}|{name}")] = rec.source or rec.modality
+        for method, m in methods:
+            acc = tally.pooled[(method, rec.case_id, f"{rec.modality}|{name}")]
+            acc[0] += int((m & true).sum())
+            acc[1] += int(m.sum())
+            acc[2] += int(true.sum())
+            if method != "rcmed":
+                row[f"dice_{method}"] = round(dice(m, true), 4)
+        tally.registry[(rec.modality, rec.body_region, name, "segment")].append(row["dice"])
+        return row
+
+    def _references(self, x: np.ndarray, name: str, true: np.ndarray, is_inst: bool) -> list[tuple[str, np.ndarray]]:
+        """(method, mask) of every reference on a present target: baselines, the U-Net, the other models, the
+        model's other mask paths and its ablations."""
+        prompt = f"Segment the {name}."
+        methods = [(b, f(x, true)) for b, f in self.runners.items() if is_inst or not getattr(f, "instance_only", False)]
+        if self.unet is not None:
+            methods.append(("unet", self.unet.predict(x, name, true.shape)))
+        for label, other in self.others.items():
+            methods.append((label, _first_mask(other.predict(prompt), true.shape)))
+        if self.mask_paths:
+            for path in ("box", "both"):
+                methods.append((f"rcmed-{path}", _first_mask(self.predictor.predict(prompt, mask_path=path), true.shape)))
+        for a in self.ablations:
+            methods.append((f"rcmed-{a}", _first_mask(self.predictor.predict(prompt, **ABLATIONS[a]), true.shape)))
+        return methods
+
+    def _instances(self, rec, sample, x: np.ndarray, name: str, pred: np.ndarray, row: dict[str, object],
+                   tally: _Tally) -> None:
+        """Instance scores of a mask of many objects (nuclei): AP and F1 at IoU 0.5, AJI, the count."""
+        from scipy import ndimage as ndi
+
+        from rcmed.eval.metrics import match_instances
+
+        pred_labels = ndi.label(pred)[0]
+        matched = match_instances(pred_labels, sample.instances, 0.5)
+        row["ap50"], row["f1_50"] = round(matched.ap, 4), round(matched.f1, 4)
+        row["aji"] = round(aji(pred_labels, sample.instances), 4)
+        n_true = int(len(np.unique(sample.instances)) - (0 in sample.instances))
+        row["count"], row["count_true"] = int(pred_labels.max()), n_true
+        tally.registry[(rec.modality, rec.body_region, name, "count")].append(counting_error(int(pred_labels.max()), n_true)[1])
+        if "otsu-watershed" in self.runners:
+            ow = self.runners["otsu-watershed"].labels(x)
+            row["ap50_otsu-watershed"] = round(match_instances(ow, sample.instances, 0.5).ap, 4)
 
 
 # A task passes when its score reaches this (count: relative error at most this).

@@ -83,7 +83,7 @@ def test_eval_cli(tiny_trained, store, tmp_path):
 
 def test_otsu_watershed_baseline_counts_nuclei(tiny_trained, tmp_path):
     from rcmed.data.synth import synth
-    from rcmed.eval.harness import OtsuWatershed
+    from rcmed.eval.baselines import OtsuWatershed
     from rcmed.eval.metrics import match_instances
     from rcmed.io.normalize import normalize
 
