@@ -608,6 +608,9 @@ def agree_text(text: str, targets: list[Target]) -> tuple[str, list[str]]:
             where = "in the centre of the image" if grid == "centre" else f"in the {grid} of the image"
             rules = [(rf"\bThe {n} is not present in this image\.", f"The {t.name} is {where}."),
                      (rf"\bNo, the {n} is not in this image\.", f"Yes, the {t.name} is present, {where}.")]
+            if t.components is not None:  # a count is the mask's, not the words' ("Here are the 10 nuclei" over 59)
+                rules.append((rf"\bHere (?:is|are) the \d+ {n}\b",
+                              f"Here {'is' if t.components == 1 else 'are'} the {t.components} {t.name}"))
         elif not t.present:
             rules = [(rf"\bThe {n} is in the [a-z ]+? of the image\.", f"The {t.name} is not present in this image."),
                      (rf"\bYes, the {n} is present, in the [a-z ]+? of the image\.", f"No, the {t.name} is not in this image."),

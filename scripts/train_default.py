@@ -36,7 +36,7 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
                                                  # best validation step and per-target rules -> runs/default-real2/model
     python scripts/train_default.py real3        # more decoder-stage steps from real2 -> runs/default-real3/model
     python scripts/train_default.py real4        # more again from real3 -> runs/default-real4/model
-    python scripts/train_default.py rules        # presence cuts and mask paths of real3 again, on validation
+    python scripts/train_default.py rules        # presence cuts and mask paths of the shipped run again, on validation
     python scripts/train_default.py modality     # the modality head on the train splits, scored on validation
                                                  # -> runs/default-real2/model/modality.safetensors
     python scripts/train_default.py export_real  # runs/default-<SHIPPED_REAL>/model -> rcmed/weights/default/
@@ -495,7 +495,7 @@ def _rules(model, run: Path, val: list) -> dict[str, object]:
     return summary
 
 
-def rules(name: str = "real3") -> None:
+def rules(name: str = SHIPPED_REAL) -> None:
     """Choose the per-target rules of runs/default-NAME/model again (`_rules`) and update its val_summary.json;
     for runs whose rules were chosen before the choice left out the questions refused by rule."""
     from rcmed.model.rcmed import RCMedModel
@@ -507,7 +507,7 @@ def rules(name: str = "real3") -> None:
     (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
 
 
-def modality(folder: Path = RUNS / "default-real2" / "model") -> None:  # (copied into real3: the encoder is the same)
+def modality(folder: Path = RUNS / "default-real2" / "model") -> None:  # (copied into the later stages: the encoder is the same)
     """The modality head (`rcmed.model.modality`) on pooled encoder features of the real train splits and a
     share of the phantoms; its accuracy on the validation splits, normalised by the true modality and as an
     image of unknown modality (what a caller who gives none gets) -> `folder`/modality.safetensors and

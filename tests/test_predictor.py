@@ -87,7 +87,14 @@ def test_answer_text_says_what_the_decision_says(predictor, monkeypatch):
     claims["tumour"] = "Here are the 10 tumour <seg>, evenly spread."  # the count form of instance answers
     predictor.set_image(ph.image)  # (a new image: the same question is generated anew)
     assert predictor.predict("Segment the tumour.").text == "The tumour is not present in this image. Nothing else."
+    claims["liver"] = "Here are the 10 liver <seg>, evenly spread."  # a count the words made up: the mask's wins
+    predictor.set_image(ph.image)
+    counted = predictor.predict("Segment the liver.")
+    n = counted.targets[0].components
+    assert counted.text.startswith(f"Here {'is' if n == 1 else 'are'} the {n} liver, evenly spread.")
+    assert (n == 10) == (counted.amended == [])
     monkeypatch.undo()
+    predictor.set_image(ph.image)  # (the last answer is not reused)
     agreeing = predictor.predict("Segment the liver.")  # the model's own text already agrees: untouched
     assert agreeing.amended == [] and "text_amended_for" not in predictor.answer_json(agreeing)
 
