@@ -637,11 +637,12 @@ def _unsay(text: str, name: str) -> str:
     present in this image."; any other sentence naming it without a negation becomes that sentence."""
     absent = f"The {name} is not present in this image."
     mention = re.compile(rf"\bthe {re.escape(name)}\b", re.IGNORECASE)
-    out = []
+    out, changed = [], False
     for sentence in _SENTENCE.split(text.strip()) if text.strip() else []:
         if not mention.search(sentence) or _NEGATION.search(sentence):
             out.append(sentence)
             continue
+        changed = True
         listed = _LIST.match(sentence)
         rest = [n for n in re.split(r",\s*(?:and\s+)?|\s+and\s+", listed.group("list")) if not mention.fullmatch(n.strip())] \
             if listed else []
@@ -651,7 +652,7 @@ def _unsay(text: str, name: str) -> str:
             out.append(f"Here {verb} {joined}.")
         if absent not in out:
             out.append(absent)
-    return " ".join(out)
+    return " ".join(out) if changed else text  # (untouched text keeps its own spacing)
 
 
 _SINGULAR_ENDINGS = ("us", "ss", "is", "as", "ax", "ex")  # pancreas, thorax, fibrosis, ... are one thing

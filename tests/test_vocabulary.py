@@ -190,5 +190,5 @@ def test_a_sentence_naming_an_absent_target_is_rewritten():
     text, amended = agree_text("Here are the optic disc and the vessels.", [gone])
     assert text == "Here are the vessels. The optic disc is not present in this image." and amended == ["optic disc"]
     assert agree_text("Here is the optic disc.", [gone])[0] == "The optic disc is not present in this image."
-    kept = "The optic disc is not present in this image. The cup is small."
+    kept = "The optic disc is not present in this image.\n The cup is small."
     assert agree_text(kept, [gone]) == (kept, [])
