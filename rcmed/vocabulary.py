@@ -118,8 +118,8 @@ class Request:
     def questions(self) -> list[str]:
         """What the model is asked: one "Segment the X." per taught name when the request names several, else
         `prompt`. The decoder stage trained the mask decoder on the language model's state after single-target
-        questions, and asked together the names cost Dice (the test prompt suite of real3: -0.07 against asking
-        each alone, -0.16 with four names), so a request for several is answered as several questions."""
+        questions, and asked together the names cost Dice against asking each alone (the prompt suite, before this
+        rule), so a request for several is answered as several questions."""
         return [canonical_prompt([n]) for n in self.names] if len(self.names) > 1 else [self.prompt]
 
     @property

@@ -374,8 +374,9 @@ def build() -> tuple[str, str]:
         "in the template and in every paraphrase family; synonyms and spelling variants; two to four targets in one "
         "request against each asked alone; a name never taught; a name taught only on another modality). The request "
         "reader (`rcmed.vocabulary.read_request`) puts the families it recognises into the training template, so those "
-        "rows equal the template by construction (`is-there-outline` among them since real3's test showed it costing "
-        "0.25 Dice as written); `would-like-segmented` reaches the language model as written. A request for several "
+        "rows equal the template by construction (`is-there-outline` among them since real3's test scoring showed it "
+        "losing Dice as written: the language model answered the question instead); `would-like-segmented` reaches the "
+        "language model as written. A request for several "
         "names is asked one name at a time (the decoder stage learnt from single-target questions), so the multi rows "
         "equal asking each alone by construction and test that every name is answered once; both changes were checked "
         "on validation before this scoring (docs/evaluation.md):",

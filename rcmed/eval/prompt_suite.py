@@ -37,7 +37,7 @@ PARAPHRASES: dict[str, str] = {  # family -> phrasing of one or several names ("
     "show-me": "Show me {names}.",
     "highlight-for-me": "Highlight {names} for me.",
     "would-like-segmented": "I would like {names} segmented.",  # not a pattern the reader knows: reaches the LM as written
-    "is-there-outline": "Is there {names} here? If so, outline it.",  # read since the test of real3 (-0.25 as written)
+    "is-there-outline": "Is there {names} here? If so, outline it.",  # read as a request since the test of real3
 }
 UNKNOWN_NAMES = ("unicorn", "skull bone", "carburettor", "left ear", "appendix", "spinal cord", "gallbladder stone")
 
