@@ -426,7 +426,7 @@ def real2() -> None:
 
 
 def real3() -> None:
-    """real2 went on rising to its last step (validation mean Dice 0.516 -> 0.582 from step 200 to 300), so the
+    """real2 went on rising to its last step (eval/real2_val_history.json), so the
     decoder stage restarts from real2's model for REAL3_STEPS more steps on the same cached questions (a
     warm restart of the cosine schedule); step 0 of the run is real2 itself, so real2 is kept unless a
     later step beats it on validation. -> runs/default-real3/model."""
@@ -435,8 +435,8 @@ def real3() -> None:
 
 
 def real4() -> None:
-    """real3's validation mean Dice still rose over its last evaluations (0.625 -> 0.682 -> 0.687 at steps 300, 450,
-    600), and 900 stage steps of 4 images are under three passes over the real train split, so the stage restarts
+    """real3's validation mean Dice still rose over its last evaluations (eval/real3_val_history.json), and 900 stage
+    steps of 4 images are under three passes over the real train split, so the stage restarts
     once more, from real3's kept weights, for REAL4_STEPS steps on the same cached questions. Step 0 is real3
     itself: real3 is kept unless a later step beats it on validation. -> runs/default-real4/model."""
     _decoder_stage(RUNS / "default-real3" / "model", RUNS / "default-real4", REAL4_STEPS, items_run=RUNS / "default-real2",
