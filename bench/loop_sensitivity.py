@@ -43,9 +43,7 @@ def main() -> None:
         if b_idx.numel():
             q1 = model.seg_query(first_hidden[b_idx, pos])
             prev = model.decode(feats, q1, b_idx).masks[:, 0]
-            regions = model.region_pooler(torch.sigmoid(prev)[:, None], feats.levels, b_idx)
-            h = model.run_lm(model.embed(input_ids, visual, regions), attention_mask).hidden_states[-1]
-            q2 = model.seg_query(h[b_idx, pos])
+            q2 = model.seg_query(model.reread(feats, input_ids, attention_mask, visual, prev, b_idx)[b_idx, pos])
             for a, b in zip(q1.flatten(1), q2.flatten(1), strict=True):
                 seen.append((float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
                              float((b - a).norm() / a.norm().clamp(min=1e-8))))

@@ -28,13 +28,13 @@ from rcmed.errors import RCMedError, RCMedInputError
 from rcmed.io.image import MedicalImage, Modality, parse_modality
 from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
-from rcmed.io.slices import from_slices, to_slices
+from rcmed.io.slices import SliceStack, from_slices, to_slices
 from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image, source_logits
 from rcmed.model.rcmed import LOOP_VARIANTS, Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
 from rcmed.postprocess import MASK_PATHS, PostprocessRules, target_key
 from rcmed.tta import allowed, flip_image, unflip
-from rcmed.vocabulary import Request, read_request, suggest
+from rcmed.vocabulary import Request, join_names, read_request, split_names, suggest
 
 MAX_PROMPT_CHARS = 2000
 
@@ -281,7 +281,9 @@ class Predictor:
         for question in (req.questions() if not per_target_boxes else [prompt]):
             text, found, changed = self._ask(question, model_boxes, model_points, (boxes, points, point_labels),
                                              max_new_tokens, rounds, loop, flips, mask_path)
-            texts, targets, amended = [*texts, text], [*targets, *found], [*amended, *changed]
+            texts.append(text)
+            targets += found
+            amended += changed
         # the same name twice is one structure, unless the caller gave one box per target
         targets = targets if per_target_boxes else first_of_each(targets)
         text = grammar(" ".join(texts), [t.name for t in targets])
@@ -433,7 +435,9 @@ class Predictor:
         refused = self._refuse(req, vol.modality.value)
         if refused is not None:
             return _with_modality(refused, info)
-        parts = [self._predict_volume(vol, q, window, batch_slices, progress) for q in req.questions()]
+        stack = to_slices(vol)
+        norm = normalize(vol.with_array(stack.slices), window=window)  # window from the whole volume, once
+        parts = [self._predict_volume(vol, stack, norm, q, batch_slices, progress) for q in req.questions()]
         answer = Answer(text=" ".join(a.text for a in parts), targets=first_of_each([t for a in parts for t in a.targets]),
                         amended=[n for a in parts for n in a.amended])
         return _with_modality(_not_answered(answer, req, vol.modality.value), info)
@@ -467,11 +471,12 @@ class Predictor:
         return replace(vol, modality=parse_modality(name)), {"name": name, "source": "recognised",
                                                              "confidence": round(conf, 4)}
 
-    def _predict_volume(self, vol: MedicalImage, prompt: str, window, batch_slices: int, progress: bool) -> Answer:
+    def _predict_volume(self, vol: MedicalImage, stack: SliceStack, norm: np.ndarray, prompt: str, batch_slices: int,
+                        progress: bool) -> Answer:
+        """One question about a volume: answered on the middle of its normalised axial slices `norm` (`stack`:
+        `to_slices(vol)`), the same answer decoded on every slice."""
         from tqdm import tqdm
 
-        stack = to_slices(vol)
-        norm = normalize(vol.with_array(stack.slices), window=window)  # window from the whole volume
         n = len(stack)
         mid = n // 2
         pix, geom = prepare_image(norm[mid], self.size)
@@ -644,12 +649,10 @@ def _unsay(text: str, name: str) -> str:
             continue
         changed = True
         listed = _LIST.match(sentence)
-        rest = [n for n in re.split(r",\s*(?:and\s+)?|\s+and\s+", listed.group("list")) if not mention.fullmatch(n.strip())] \
-            if listed else []
+        rest = [n for n in split_names(listed.group("list")) if not mention.fullmatch(n.strip())] if listed else []
         if rest:
-            joined = rest[0] if len(rest) == 1 else ", ".join(rest[:-1]) + f" and {rest[-1]}"
             verb = "are" if len(rest) > 1 or is_plural(rest[0]) else "is"
-            out.append(f"Here {verb} {joined}.")
+            out.append(f"Here {verb} {join_names(rest)}.")
         if absent not in out:
             out.append(absent)
     return " ".join(out) if changed else text  # (untouched text keeps its own spacing)

@@ -3,8 +3,8 @@
 A medical assistant must not paint *something* for any word: asked for "the unicorn", it answers that
 it was not trained to find it and lists what it can find on this modality, with no mask. This module
 reads the target names out of a segmentation request ("Segment the X.", "Where is the X?", "Could you
-outline the X and the Y for me?", "Is there a X here? If so, outline it.") and maps each to a name the model knows (`targets.json` beside its
-weights), allowing case, plurals, British/American spelling and a few synonyms. A request that is not
+outline the X and the Y for me?", "Is there a X here? If so, outline it.") and maps each to a name the
+model knows (`targets.json` beside its weights), allowing case, plurals, British/American spelling and a few synonyms. A request that is not
 a segmentation request (a description, a yes/no question) names nothing here and is answered as usual.
 
 The mapping is lexical on purpose: it is exact and explainable. Paraphrases that do not match a
@@ -44,6 +44,19 @@ _TAIL = re.compile(r"\s+(?:in|on|of)\s+(?:this|the|these|that)\s+[\w\s-]*?(?:ima
 _ARTICLE = re.compile(r"^(?:the|a|an|any|all|all the|every)\s+", re.I)
 
 
+_LIST_SPLIT = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")  # "A, B and C", "A, B, and C", "A and B"
+
+
+def split_names(text: str) -> list[str]:
+    """The items of a written list ("the A, the B and the C" -> ["the A", "the B", "the C"]), as written."""
+    return _LIST_SPLIT.split(text)
+
+
+def join_names(items: list[str]) -> str:
+    """Items as a written list: "A", "A and B", "A, B and C"."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
 def target_key(name: str) -> str:
     """A target name as rules and answers compare it: lower case, single spaces."""
     return " ".join(name.lower().split())
@@ -60,7 +73,7 @@ def requested_names(prompt: str) -> list[str]:
         m = pat.match(text)
         if m:
             names = _TAIL.sub("", m.group("names").strip())
-            parts = re.split(r"\s*,\s*(?:and\s+)?|\s+and\s+", names)
+            parts = split_names(names)
             out = [_ARTICLE.sub("", p).strip(" .?!") for p in parts]
             return [p for p in out if p]
     return []
@@ -100,9 +113,7 @@ def expand(name: str, known: set[str]) -> list[str]:
 
 def canonical_prompt(names: list[str]) -> str:
     """The training template for one or several names: "Segment the A.", "Segment the A, the B and the C."."""
-    if len(names) == 1:
-        return f"Segment the {names[0]}."
-    return "Segment the " + ", the ".join(names[:-1]) + f" and the {names[-1]}."
+    return f"Segment {join_names([f'the {n}' for n in names])}."
 
 
 @dataclass

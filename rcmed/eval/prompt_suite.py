@@ -28,7 +28,7 @@ import numpy as np
 from rcmed.data.store import iter_records, read_sample
 from rcmed.eval.harness import _per_dataset, record_image, record_truths
 from rcmed.eval.metrics import dice
-from rcmed.vocabulary import SYNONYMS, canonical_prompt, norm, resolve, target_key
+from rcmed.vocabulary import SYNONYMS, canonical_prompt, join_names, norm, resolve, target_key
 
 PARAPHRASES: dict[str, str] = {  # family -> phrasing of one or several names ("{names}": "the A and the B")
     "can-you-outline": "Can you outline {names}?",
@@ -43,8 +43,7 @@ UNKNOWN_NAMES = ("unicorn", "skull bone", "carburettor", "left ear", "appendix",
 
 
 def _the(names: list[str]) -> str:
-    words = [f"the {n}" for n in names]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" and {words[-1]}"
+    return join_names([f"the {n}" for n in names])
 
 
 def variants(name: str, known: set[str]) -> list[str]:
@@ -79,7 +78,6 @@ def run_prompt_suite(predictor, store: str | Path, out: str | Path, split: str =
     dataset by a fixed hash of the record id) and write `out`/prompt_suite.csv and prompt_suite_cases.jsonl.
     Returns the table's rows. The image's modality is the record's (as the other tables)."""
     from tqdm import tqdm
-
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

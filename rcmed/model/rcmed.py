@@ -166,13 +166,17 @@ class RCMedModel(nn.Module):
         outs = [self.decode(feats, self.seg_query(first_hidden[b_idx, pos]), b_idx, boxes=boxes, points=points)]
         for _ in range(1, rounds):
             prev = outs[-1].masks[:, 0]
-            h = first_hidden
-            if loop != "no-region":
-                regions = self.region_pooler(torch.sigmoid(prev)[:, None], feats.levels, b_idx)
-                h = self.run_lm(self.embed(input_ids, visual, regions), attention_mask).hidden_states[-1]
+            h = first_hidden if loop == "no-region" else self.reread(feats, input_ids, attention_mask, visual, prev, b_idx)
             outs.append(self.decode(feats, self.seg_query(h[b_idx, pos]), b_idx,
                                     prev_logits=None if loop == "no-mask-prompt" else prev, boxes=boxes, points=points))
         return outs
+
+    def reread(self, feats: VisionFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               visual: torch.Tensor, prev_logits: torch.Tensor, b_idx: torch.Tensor) -> torch.Tensor:
+        """The closed loop's way back: the language model's last hidden states (B, T, H) with the region of each
+        target's mask logits `prev_logits` (K, S, S) pooled from the image features into its `<region>` slot."""
+        regions = self.region_pooler(torch.sigmoid(prev_logits)[:, None], feats.levels, b_idx)
+        return self.run_lm(self.embed(input_ids, visual, regions), attention_mask).hidden_states[-1]
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
