@@ -395,11 +395,13 @@ def export_real() -> None:
 REAL2_STEPS = 300  # decoder-stage steps (4 images each) after real1; the best validation step is kept
 REAL3_STEPS = 600  # more decoder-stage steps from real2 (`real3`)
 REAL4_STEPS = 600  # more again from real3 (`real4`)
+REAL5_STEPS = 300  # two-round (closed-loop) decoder-stage steps from real4 (`real5`); each costs about twice a one-round step
 REAL2_PHANTOM_EVERY = 4  # one phantom record in 4 joins the decoder stage, so phantoms are not forgotten
 
 
-def _items(model, split: str, run: Path) -> list:
-    """The decoder stage's questions of `split` (real stores, plus a share of the phantoms), cached in `run`."""
+def _items(model, split: str, run: Path, loop: bool = False) -> list:
+    """The decoder stage's questions of `split` (real stores, plus a share of the phantoms), cached in `run`;
+    with `loop`, also the language model's states after re-reading `model`'s round-1 region (`collect_items`)."""
     import torch
 
     from rcmed.train.decoder_stage import Item, collect_items
@@ -410,8 +412,8 @@ def _items(model, split: str, run: Path) -> list:
         return [Item(**d) for d in torch.load(path, weights_only=True)]
     cache = FeatureCache(DATA / "feature-cache", model.image_encoder)
     t0 = time.time()
-    items = collect_items(model, [str(DATA / "real-built")], split, cache, seed=7)
-    items += collect_items(model, [str(DATA / "phantoms-11-built")], split, cache, seed=7, every=REAL2_PHANTOM_EVERY)
+    items = collect_items(model, [str(DATA / "real-built")], split, cache, seed=7, loop=loop)
+    items += collect_items(model, [str(DATA / "phantoms-11-built")], split, cache, seed=7, every=REAL2_PHANTOM_EVERY, loop=loop)
     print(f"{split}: {len(items)} questions in {time.time() - t0:.0f} s", flush=True)
     torch.save([vars(it) for it in items], path)
     return items
@@ -443,7 +445,18 @@ def real4() -> None:
                    eval_every=150)
 
 
-def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = None, eval_every: int = 100) -> None:
+def real5() -> None:
+    """The closed loop's second round, trained on real data (issue 20). Every stage before trained round 1 only, so
+    a second round re-read a region the decoder had never learnt to use (eval/real_val_loop_paired.json: two rounds
+    cost Dice). Here the language model's states after re-reading real4's round-1 region are collected for every
+    stage question (`collect_items(loop=True)`), and REAL5_STEPS steps train both rounds from real4's weights;
+    the step of best validation mean Dice of the second round is kept and the model is saved with two rounds.
+    Whether it ships is decided on validation against real4 (`real_choice.json`). -> runs/default-real5/model."""
+    _decoder_stage(RUNS / "default-real4" / "model", RUNS / "default-real5", REAL5_STEPS, eval_every=100, rounds=2)
+
+
+def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = None, eval_every: int = 100,
+                   rounds: int = 1) -> None:
     import torch
 
     from rcmed.model.rcmed import RCMedModel
@@ -453,9 +466,10 @@ def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = No
     run.mkdir(parents=True, exist_ok=True)
     model = RCMedModel.from_pretrained(src)
     items_run = items_run or run
-    train, val = _items(model, "train", items_run), _items(model, "val", items_run)
-    best = train_decoder(model, train, val, run, steps, records_per_step=4, lr=2e-4, eval_every=eval_every, seed=7)
-    model.config.loop_rounds = 1  # the stage trained the first round's decoder only (see decoder_stage)
+    train, val = _items(model, "train", items_run, loop=rounds > 1), _items(model, "val", items_run, loop=rounds > 1)
+    best = train_decoder(model, train, val, run, steps, records_per_step=4, lr=2e-4, eval_every=eval_every, seed=7,
+                         rounds=rounds)
+    model.config.loop_rounds = rounds  # the rounds the stage trained (see decoder_stage)
     model.save_pretrained(run / "model")
     shutil.copy2(RUNS / f"default-{REAL_RUNS[-1]}" / "model" / "targets.json", run / "model" / "targets.json")
     summary = _rules(model, run, val)
@@ -477,10 +491,11 @@ def _rules(model, run: Path, val: list) -> dict[str, object]:
     modality_of = {dataset_of(r): r.modality for store in ("real-built", "phantoms-11-built")
                    for r in iter_records(DATA / store)}
     taught = json.loads((run / "model" / "targets.json").read_text())
-    rows = score(model, val)
+    rounds = model.config.loop_rounds
+    rows = score(model, val, rounds=rounds)
     decided = reaching_model(rows, taught, modality_of)
     cuts, evidence = choose_presence_cuts([(r["name"], r["presence"], r["present"]) for r in decided])
-    paths, path_evidence = choose_mask_paths(score_paths(model, val, LiteMedSAM.from_pretrained().eval()))
+    paths, path_evidence = choose_mask_paths(score_paths(model, val, LiteMedSAM.from_pretrained().eval(), rounds=rounds))
     summary = {"at_0.5": summarise(rows), "with_cuts": summarise(rows, cuts),
                "decided_at_0.5": summarise(decided), "decided_with_cuts": summarise(decided, cuts),
                "mean_dice_at_0.5": mean_dice(summarise(rows)), "mean_dice_with_cuts": mean_dice(summarise(rows, cuts)),
@@ -503,7 +518,8 @@ def rules(name: str = SHIPPED_REAL) -> None:
     run = RUNS / f"default-{name}"
     model = RCMedModel.from_pretrained(run / "model")
     summary = json.loads((run / "val_summary.json").read_text()) if (run / "val_summary.json").is_file() else {}
-    summary.update(_rules(model, run, _items(model, "val", RUNS / "default-real2")))
+    items_run = run if (run / "items-val.pt").is_file() else RUNS / "default-real2"  # a loop stage keeps its own
+    summary.update(_rules(model, run, _items(model, "val", items_run, loop=model.config.loop_rounds > 1)))
     (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
 
 
@@ -752,7 +768,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "real2": real2, "real3": real3, "real4": real4, "rules": rules, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
+         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "rules": rules, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 

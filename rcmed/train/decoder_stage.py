@@ -10,12 +10,19 @@ phrasing) and stored. A decoder step then costs the decoder only, and the real t
 be seen many times. What trains here: the seg-query head (LM state -> decoder query) and the mask
 decoder (mask, box, IoU and presence heads); the encoder and the language model stay as they are.
 
-The closed loop's second round re-reads the predicted region with the language model, which this
-stage does not run; a model from this stage is therefore saved with `loop_rounds = 1`, and whether
-the loop's second round helps is a separate measurement (`rcmed.eval`'s `rcmed-no-loop` rows).
+The closed loop's second round (`loop=True` when collecting, `rounds=2` when training): the language
+model re-reads the region round 1 found (`RCMedModel.reread`: the region embedding is written into the
+`<region>` slot), and the decoder queries again with that state and round 1's mask as its dense prompt.
+The re-read state at the slot depends on the words before it and on the region, so it too is computed
+once per question, from the round-1 mask of the model the items are collected with, and stored
+(`hidden2`). A two-round step then trains both rounds: round 1 on `hidden`, round 2 on `hidden2` with the
+live round-1 mask as its prompt, which is what the loop does at inference. The region is that of the
+collecting model's round 1, not of the decoder as it trains: the stage starts from the collecting model
+and its round 1 moves little, and `score(..., loop=...)` measures on validation what each part gives.
 
 Items (one target question of one image), tensors at the model input size S:
-    hidden (P, H) LM states of P phrasings; mask (S, S) bool or None (absent target).
+    hidden (P, H) LM states of P phrasings; hidden2 (P, H) the same after the loop's re-read, or None;
+    mask (S, S) bool or None (absent target).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class Item:
     feature: str  # the image's feature-cache entry
     hidden: torch.Tensor  # (P, H) LM state at the <region> slot, one row per phrasing
     mask: torch.Tensor | None  # (S, S) bool in model-input pixels; None: the target is absent
+    hidden2: torch.Tensor | None = None  # (P, H) LM state at the slot after re-reading round 1's region
 
 
 def dataset_of(record) -> str:
@@ -102,10 +110,11 @@ def _name_of(ex: dict) -> str:
 
 @torch.inference_mode()
 def collect_items(model: RCMedModel, stores: list[str], split: str, cache: FeatureCache, seed: int = 0,
-                  limit: int | None = None, every: int = 1, log=print) -> list[Item]:
+                  limit: int | None = None, every: int = 1, loop: bool = False, log=print) -> list[Item]:
     """Every single-target question of every record of `split` in `stores` (of one record in `every`,
-    by a fixed hash of its id), with the frozen LM's states at its `<region>` slot. Features are read
-    from (or written to) `cache`."""
+    by a fixed hash of its id), with the frozen LM's states at its `<region>` slot, and with `loop` also
+    the states after the LM re-reads the region of the model's round-1 mask (`hidden2`). Features are
+    read from (or written to) `cache`."""
     model.eval()
     size = model.config.vision.img_size
     items: list[Item] = []
@@ -127,19 +136,32 @@ def collect_items(model: RCMedModel, stores: list[str], split: str, cache: Featu
             h = slot_states(model, model.embed(batch.input_ids, visual), batch.attention_mask)
             b_idx, pos = model._slots(batch.input_ids)
             states = h[b_idx, pos].float()
+            states2 = _reread_states(model, feats, batch, visual, h[b_idx, pos]) if loop else None
             j = 0
             for (name, exs) in questions:
                 first = j
                 j += len(exs)
                 m = batch.target_masks[first] if batch.presence[first] > 0 else None
                 items.append(Item(sample.record.id, dataset_of(sample.record), name, key, states[first:j].clone(),
-                                  None if m is None else m.bool()))
+                                  None if m is None else m.bool(),
+                                  None if states2 is None else states2[first:j].clone()))
             n += 1
             if n % 100 == 0:
                 log(f"  {split}: {n} records, {len(items)} questions, {time.perf_counter() - t0:.0f} s")
             if limit is not None and n >= limit:
                 break
     return items
+
+
+def _reread_states(model: RCMedModel, feats: VisionFeatures, batch, visual: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """(N, H) slot states of the N single-slot questions of one image after the loop's re-read: round 1
+    decodes from `first` (N, H), the region of its mask goes into the slot, the LM reads again."""
+    index = torch.zeros(first.shape[0], dtype=torch.long)
+    prev = model.decode(feats, model.seg_query(first), index).masks[:, 0]
+    regions = model.region_pooler(torch.sigmoid(prev)[:, None], feats.levels, index)
+    h = slot_states(model, model.embed(batch.input_ids, visual, regions), batch.attention_mask)
+    b_idx, pos = model._slots(batch.input_ids)
+    return h[b_idx, pos].float()
 
 
 def slot_states(model: RCMedModel, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -158,14 +180,31 @@ def _features(paths: list[str]) -> VisionFeatures:
     return VisionFeatures(levels=[torch.stack(fines).float()], embedding=torch.stack(embs).float())
 
 
-def _decode(model: RCMedModel, items: list[Item], rng: random.Random | None):
-    """One decoder pass over `items` (grouped by image). Returns the DecoderOutput and the items' order."""
+def _decode(model: RCMedModel, items: list[Item], rng: random.Random | None, rounds: int = 1,
+            loop: str = "full", boxes: torch.Tensor | None = None) -> list:
+    """The decoder's outputs over `items` (grouped by image), one DecoderOutput per loop round, as
+    `RCMedModel._rounds` runs them: round 2 queries with the re-read states (`hidden2`; round 1's with
+    `loop="no-region"`) and round 1's mask logits as the dense prompt (none with "no-mask-prompt").
+    `rng` draws each item's phrasing (None: the first); `boxes` (K, 4) model-input pixels go to every round."""
+    if rounds not in (1, 2):
+        raise ValueError(f"the decoder stage runs one or two loop rounds, not {rounds}")
     paths = list(dict.fromkeys(it.feature for it in items))
     index = {p: i for i, p in enumerate(paths)}
     feats = _features(paths)
-    hidden = torch.stack([it.hidden[rng.randrange(len(it.hidden))] if rng else it.hidden[0] for it in items])
+    pick = [rng.randrange(len(it.hidden)) if rng else 0 for it in items]
     image_index = torch.tensor([index[it.feature] for it in items])
-    return model.decode(feats, model.seg_query(hidden), image_index)
+    outs = [model.decode(feats, model.seg_query(torch.stack([it.hidden[k] for it, k in zip(items, pick, strict=True)])),
+                         image_index, boxes=boxes)]
+    if rounds == 2:
+        if loop == "no-region":
+            hidden2 = torch.stack([it.hidden[k] for it, k in zip(items, pick, strict=True)])
+        elif any(it.hidden2 is None for it in items):
+            raise ValueError("two rounds need the re-read states: collect the items with loop=True")
+        else:
+            hidden2 = torch.stack([it.hidden2[k] for it, k in zip(items, pick, strict=True)])
+        prev = None if loop == "no-mask-prompt" else outs[0].masks[:, 0].detach()
+        outs.append(model.decode(feats, model.seg_query(hidden2), image_index, prev_logits=prev, boxes=boxes))
+    return outs
 
 
 def _targets(items: list[Item], size: int):
@@ -188,14 +227,14 @@ def record_weights(items: list[Item], power: float) -> tuple[list[str], list[flo
 
 
 @torch.inference_mode()
-def score(model: RCMedModel, items: list[Item], chunk: int = 16) -> list[dict[str, object]]:
+def score(model: RCMedModel, items: list[Item], chunk: int = 16, rounds: int = 1, loop: str = "full") -> list[dict[str, object]]:
     """Per question: dataset, name, presence probability, truth, and Dice (at logit 0, model-input
-    pixels) of the mask when the target is present."""
+    pixels) of the mask when the target is present; the last of `rounds` loop rounds (variant `loop`)."""
     model.eval()
     rows = []
     for i in range(0, len(items), chunk):
         part = items[i:i + chunk]
-        out = _decode(model, part, None)
+        out = _decode(model, part, None, rounds, loop)[-1]
         prob = torch.sigmoid(out.presence).tolist()
         for it, p, logits in zip(part, prob, out.masks[:, 0], strict=True):
             row = {"dataset": it.dataset, "name": it.name, "record": it.record, "presence": p, "present": it.mask is not None}
@@ -208,18 +247,18 @@ def score(model: RCMedModel, items: list[Item], chunk: int = 16) -> list[dict[st
 
 
 @torch.inference_mode()
-def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16) -> list[tuple[str, dict[str, float]]]:
+def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16, rounds: int = 1) -> list[tuple[str, dict[str, float]]]:
     """Per present question, Dice (at logit 0, model-input pixels) of each way from words to a mask
     (`rcmed.postprocess.MASK_PATHS`, as `Predictor` runs them): "query" (the text query into our decoder), "box"
     (the box our decoder predicts, as a box prompt into LiteMedSAM's own decoder `sam`) and "both" (query and
-    that box into ours). For `rcmed.postprocess.choose_mask_paths`."""
+    that box into ours, in every round). For `rcmed.postprocess.choose_mask_paths`."""
     model.eval()
     size = model.config.vision.img_size
     present = [it for it in items if it.mask is not None and bool(it.mask.any())]
     out: list[tuple[str, dict[str, float]]] = []
     for i in range(0, len(present), chunk):
         part = present[i:i + chunk]
-        first = _decode(model, part, None)
+        first = _decode(model, part, None, rounds)[-1]
         boxes = first.box.float() * size  # normalised x0, y0, x1, y1 -> model-input pixels, as the predictor
         boxes = torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, size - 1)
         paths = list(dict.fromkeys(it.feature for it in part))
@@ -227,8 +266,7 @@ def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16) -> l
         index = torch.tensor([paths.index(it.feature) for it in part])
         per_item = VisionFeatures(levels=[feats.levels[0][index]], embedding=feats.embedding[index])
         by_box = sam.segment_boxes(per_item, boxes)
-        hidden = torch.stack([it.hidden[0] for it in part])
-        both = model.decode(feats, model.seg_query(hidden), index, boxes=boxes)
+        both = _decode(model, part, None, rounds, boxes=boxes)[-1]
         for j, it in enumerate(part):
             out.append((it.name, {"query": _dice(first.masks[j, 0] > 0, it.mask), "box": _dice(by_box.masks[j, 0] > 0, it.mask),
                                   "both": _dice(both.masks[j, 0] > 0, it.mask)}))
@@ -273,10 +311,11 @@ def mean_dice(summary: dict[str, dict[str, float]], real_only: bool = True) -> f
 
 def train_decoder(model: RCMedModel, train: list[Item], val: list[Item], out: Path, steps: int, *,
                   records_per_step: int = 6, lr: float = 2e-4, warmup: int = 50, power: float = 0.75,
-                  eval_every: int = 250, seed: int = 0, log=print) -> dict[str, object]:
+                  eval_every: int = 250, seed: int = 0, rounds: int = 1, log=print) -> dict[str, object]:
     """Train the seg-query head and the mask decoder on cached items; keep the weights of the best
-    validation mean Dice (real datasets, words alone, presence at 0.5). Writes `out/metrics.csv`,
-    `out/val_history.json`; returns the best step and its validation summary."""
+    validation mean Dice (real datasets, words alone, presence at 0.5, the last of `rounds` loop rounds).
+    With `rounds=2` every step trains both rounds (the loss of each, halved, as `rcmed_loss` weighs rounds).
+    Writes `out/metrics.csv`, `out/val_history.json`; returns the best step and its validation summary."""
     out.mkdir(parents=True, exist_ok=True)
     # Only these are optimised; the rest keep `requires_grad` as the model set it (so the saved
     # trainable state is complete) but get no gradient: the cached states and features are leaves.
@@ -290,7 +329,7 @@ def train_decoder(model: RCMedModel, train: list[Item], val: list[Item], out: Pa
     rng = random.Random(seed)
     torch.manual_seed(seed)
     size = model.config.vision.img_size
-    best: dict[str, object] = {"step": 0, "mean_dice": mean_dice(summarise(score(model, val))) if val else 0.0}
+    best: dict[str, object] = {"step": 0, "mean_dice": mean_dice(summarise(score(model, val, rounds=rounds))) if val else 0.0}
     best_state = {k: v.clone() for k, v in model.trainable_state_dict().items()}
     history = [{"step": 0, "mean_dice": best["mean_dice"]}]
     log(f"decoder stage: {len(train)} train questions on {len(records)} images, {len(val)} val; step 0 val {best['mean_dice']:.4f}")
@@ -300,9 +339,9 @@ def train_decoder(model: RCMedModel, train: list[Item], val: list[Item], out: Pa
         model.train()
         t0 = time.perf_counter()
         items = [it for r in rng.choices(records, weights, k=records_per_step) for it in by_record[r]]
-        dec = _decode(model, items, rng)
+        outs = _decode(model, items, rng, rounds)
         masks, has, boxes, presence = _targets(items, size)
-        parts = rcmed_loss([{"masks": dec.masks[:, 0], "box": dec.box, "presence": dec.presence, "iou": dec.iou[:, 0]}],
+        parts = rcmed_loss([{"masks": d.masks[:, 0], "box": d.box, "presence": d.presence, "iou": d.iou[:, 0]} for d in outs],
                            torch.zeros(()), masks, has, boxes, presence, None, model.config.losses)
         opt.zero_grad()
         parts["loss"].backward()
@@ -314,7 +353,7 @@ def train_decoder(model: RCMedModel, train: list[Item], val: list[Item], out: Pa
                  f"{time.perf_counter() - t0:.3f}\n")
         fh.flush()
         if val and (step % eval_every == 0 or step == steps):
-            summary = summarise(score(model, val))
+            summary = summarise(score(model, val, rounds=rounds))
             md = mean_dice(summary)
             history.append({"step": step, "mean_dice": md, "datasets": summary})
             log(f"  step {step}: val mean Dice {md:.4f} (best {best['mean_dice']:.4f} at {best['step']})")

@@ -101,3 +101,47 @@ def test_presence_cuts_see_only_the_questions_the_model_decides():
     kept = ds.reaching_model(rows, taught, {"LGG": "mri", "Kvasir": "endoscopy"})
     assert [(r["dataset"], r["name"]) for r in kept] == [("LGG", "brain tumour"), ("LGG", "Brain Tumour"),
                                                          ("Kvasir", "polyp")]
+
+
+def test_loop_items_are_the_second_round_the_model_runs(built, tmp_path):
+    """A question collected with `loop=True` carries the language model's state after re-reading round 1's
+    region; the stage's two-round decode of it is the model's own two-round decode of the same words, and a
+    two-round stage trains both rounds (only the seg-query head and the mask decoder change)."""
+    import random
+
+    from rcmed.data.store import ShardStream
+    from rcmed.model.processing import build_batch
+
+    torch.manual_seed(0)
+    cfg = RCMedConfig.tiny()
+    cfg.freeze_vision = True
+    model = RCMedModel(cfg).eval()
+    cache = FeatureCache(tmp_path / "cache", model.image_encoder)
+    items = ds.collect_items(model, [str(built)], "val", cache, seed=1, loop=True)
+    assert all(it.hidden2 is not None and it.hidden2.shape == it.hidden.shape for it in items)
+    assert not torch.allclose(items[0].hidden2, items[0].hidden)  # the region changed what the model reads
+    plain = ds.collect_items(model, [str(built)], "val", cache, seed=1)
+    assert all(p.hidden2 is None and torch.equal(p.hidden, it.hidden) for p, it in zip(plain, items, strict=True))
+    with pytest.raises(ValueError, match="re-read"):
+        ds.score(model, plain, rounds=2)
+
+    # the same first question, as the model answers it with two rounds
+    sample = next(iter(ShardStream(str(built), split="val", seed=1, epoch=0, buffer=1)))
+    questions = ds._record_examples(sample, random.Random(1))
+    batch = build_batch(model.processor, [questions[0][1][0]], cfg.vision.img_size)
+    ids = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+    feats = cache.features(batch.pixel_values[:1], model.encode)
+    ours = model.decode_answer(batch.pixel_values[:1], ids, feats=feats, rounds=2)
+    stage = ds._decode(model, [items[0]], None, rounds=2)[-1]
+    assert torch.allclose(stage.masks, ours.masks, atol=1e-4) and torch.allclose(stage.presence, ours.presence, atol=1e-4)
+    one = ds._decode(model, [items[0]], None, rounds=1)[-1]
+    assert not torch.allclose(one.masks, stage.masks)
+    no_region = ds._decode(model, [items[0]], None, rounds=2, loop="no-region")[-1]
+    assert torch.allclose(no_region.masks, model.decode_answer(batch.pixel_values[:1], ids, feats=feats, rounds=2,
+                                                               loop="no-region").masks, atol=1e-4)
+
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    ds.train_decoder(model, items, items, tmp_path / "run", 2, records_per_step=2, lr=5e-3, warmup=1, eval_every=2,
+                     seed=0, rounds=2)
+    after = model.trainable_state_dict()
+    assert {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])} <= {"mask_decoder", "seg_query"}
