@@ -219,7 +219,8 @@ def loop_lines() -> list[str]:
     if not rows:
         return ["(not measured)"]
     rounds = json.loads((WEIGHTS / "config.json").read_text()).get("loop_rounds")
-    label = {"rcmed": f"as shipped ({rounds} round{'s' if rounds != 1 else ''})", "rcmed-loop": "two rounds",
+    label = {"rcmed": f"as shipped ({rounds} round{'s' if rounds != 1 else ''})", "rcmed-no-loop": "one round",
+             "rcmed-loop": "two rounds",
              "rcmed-loop-no-region": "two rounds, region not fed back", "rcmed-loop-no-mask-prompt": "two rounds, no mask prompt"}
     methods = [m for m in label if any(r["method"] == m for r in rows)]
     by = {(r["dataset"], r["method"]): _f(r["dice"]) for r in rows}
@@ -234,6 +235,31 @@ def loop_lines() -> list[str]:
         lines += ["", "Paired difference from the shipped answer on the same present questions (mean Dice, 95% bootstrap "
                   "interval): " + "; ".join(f"{label['rcmed-' + k]}: {v['mean_difference']:+.3f} [{v['ci_low']:+.3f}, "
                                             f"{v['ci_high']:+.3f}] over {v['questions']}" for k, v in paired.items()) + "."]
+    test_path = EVAL / "real_test_loop_paired.json"
+    if test_path.is_file():  # the one-round answer asked in the same one scoring on the test splits
+        test = json.loads(test_path.read_text())
+        lines += ["", "On the test splits, in the model's one scoring: " + "; ".join(
+            f"{label['rcmed-' + k]} minus as shipped: {v['mean_difference']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] "
+            f"over {v['questions']} present questions" for k, v in test.items()) + "."]
+    return lines
+
+
+def loop_stage_lines() -> list[str]:
+    """The closed loop's ablation on every validation question of the two-round decoder stage (`loopstage`), when
+    the shipped weights come from one: Dice per variant and the paired differences with their intervals."""
+    found = [EVAL / f"{name}_loop_ablation.json" for name in stages() if (EVAL / f"{name}_loop_ablation.json").is_file()]
+    if not found:
+        return []
+    ab = json.loads(found[-1].read_text())
+    variants = ab["variants"]
+    lines = [f"On every real validation question of the two-round stage ({ab['questions']} questions, the stage's own "
+             f"words; `python scripts/train_default.py loopstage`):", "",
+             "| variant | mean Dice over datasets | present acc. | absent acc. (model decides) |", "|---|---|---|---|"]
+    lines += [f"| {k} | {_fmt(v['mean_dice_over_datasets'])} | {_fmt(v['present_accuracy'])} | "
+              f"{_fmt(v['absent_accuracy'])} ({v['absent_questions']}) |" for k, v in variants.items()]
+    lines += ["", "Paired differences on the same present questions (95% bootstrap interval): "
+              + "; ".join(f"{p['variant']} − {p['minus']}: {p['mean_difference']:+.3f} [{p['ci_low']:+.3f}, "
+                          f"{p['ci_high']:+.3f}] over {p['questions']}" for p in ab["paired"]) + ".", ""]
     return lines
 
 
@@ -392,6 +418,7 @@ def build() -> tuple[str, str]:
         "",
         *loop_lines(),
         "",
+        *loop_stage_lines(),
         "**Modality recognition** (`rcmed.model.modality`, used only when neither the caller nor the file names the",
         "modality):",
         "",

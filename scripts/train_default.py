@@ -356,12 +356,14 @@ def export_real() -> None:
             shutil.copy2(run / "model" / f, WEIGHTS / f if f.endswith(".safetensors") else WEIGHTS / "eval" / f)
     (WEIGHTS / "eval").mkdir(exist_ok=True)
     stages = DECODER_STAGES[:DECODER_STAGES.index(SHIPPED_REAL) + 1] if SHIPPED_REAL in DECODER_STAGES else ()
-    for stale in [*WEIGHTS.glob("real*_metrics.csv"), *(WEIGHTS / "eval").glob("real*_val_*.json")]:
+    for stale in [*WEIGHTS.glob("real*_metrics.csv"), *(WEIGHTS / "eval").glob("real*_val_*.json"),
+                  *(WEIGHTS / "eval").glob("real*_loop_ablation.json")]:
         if stale.name.split("_")[0] not in (*REAL_RUNS, *stages):
             stale.unlink()
     for name in stages:  # the decoder stages behind the shipped weights, each with its validation record
-        for f in ("val_summary.json", "val_history.json"):
-            shutil.copy2(RUNS / f"default-{name}" / f, WEIGHTS / "eval" / f"{name}_{f}")
+        for f in ("val_summary.json", "val_history.json", "loop_ablation.json"):
+            if f != "loop_ablation.json" or (RUNS / f"default-{name}" / f).is_file():  # (two-round stages only)
+                shutil.copy2(RUNS / f"default-{name}" / f, WEIGHTS / "eval" / f"{name}_{f}")
         shutil.copy2(RUNS / f"default-{name}" / "metrics.csv", WEIGHTS / f"{name}_metrics.csv")
     cfg = TrainConfig.load(RUNS / f"default-{REAL_RUNS[-1]}" / "train.json")  # the data real1 (and the stage) saw
     old = json.loads((WEIGHTS / "targets.json").read_text())
@@ -412,8 +414,12 @@ def _items(model, split: str, run: Path, loop: bool = False) -> list:
         return [Item(**d) for d in torch.load(path, weights_only=True)]
     cache = FeatureCache(DATA / "feature-cache", model.image_encoder)
     t0 = time.time()
-    items = collect_items(model, [str(DATA / "real-built")], split, cache, seed=7, loop=loop)
-    items += collect_items(model, [str(DATA / "phantoms-11-built")], split, cache, seed=7, every=REAL2_PHANTOM_EVERY, loop=loop)
+    # a loop collection costs about three times a one-round one (a decode and a second language-model pass), so it
+    # asks "Segment the X." only: the wording a two-round stage trains on
+    phrasings = 1 if loop else 2
+    items = collect_items(model, [str(DATA / "real-built")], split, cache, seed=7, loop=loop, phrasings=phrasings)
+    items += collect_items(model, [str(DATA / "phantoms-11-built")], split, cache, seed=7, every=REAL2_PHANTOM_EVERY,
+                           loop=loop, phrasings=phrasings)
     print(f"{split}: {len(items)} questions in {time.time() - t0:.0f} s", flush=True)
     torch.save([vars(it) for it in items], path)
     return items
@@ -480,13 +486,23 @@ def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = No
 def _rules(model, run: Path, val: list) -> dict[str, object]:
     """The per-target rules of the model in `run`/model, chosen on the validation questions of the decoder stage
     and written into its postprocess.json with their evidence: the presence cut, on the questions the model
-    decides itself (targets taught on the image's modality; the rest are refused by rule before it is asked),
-    and the mask path (query, box, both: `rcmed.postprocess.MASK_PATHS`), on the present questions. Returns the
-    validation summary at 0.5 and with the cuts, over all questions and over those the model decides."""
+    decides itself (targets taught on the image's modality; the rest are refused by rule before it is asked);
+    the mask path (query, box, both: `rcmed.postprocess.MASK_PATHS`), then the mask-logit threshold, then the
+    component rule (keep the largest component, or drop specks), each on the present questions and on the
+    masks the choices before it give (the order `Predictor` applies them). Returns the validation summary at
+    0.5, with the cuts, and with every rule, over all questions and over those the model decides."""
     from rcmed.data.store import iter_records
+    from rcmed.eval.metrics import dice
     from rcmed.model.medsam import LiteMedSAM
-    from rcmed.postprocess import PostprocessRules, choose_mask_paths, choose_presence_cuts
-    from rcmed.train.decoder_stage import dataset_of, mean_dice, reaching_model, score, score_paths, summarise
+    from rcmed.postprocess import (
+        PostprocessRules,
+        choose_mask_paths,
+        choose_presence_cuts,
+        choose_rules,
+        choose_thresholds,
+        target_key,
+    )
+    from rcmed.train.decoder_stage import dataset_of, mask_logits, mean_dice, reaching_model, score, score_paths, summarise
 
     modality_of = {dataset_of(r): r.modality for store in ("real-built", "phantoms-11-built")
                    for r in iter_records(DATA / store)}
@@ -496,17 +512,29 @@ def _rules(model, run: Path, val: list) -> dict[str, object]:
     decided = reaching_model(rows, taught, modality_of)
     cuts, evidence = choose_presence_cuts([(r["name"], r["presence"], r["present"]) for r in decided])
     paths, path_evidence = choose_mask_paths(score_paths(model, val, LiteMedSAM.from_pretrained().eval(), rounds=rounds))
-    summary = {"at_0.5": summarise(rows), "with_cuts": summarise(rows, cuts),
+    drawn = mask_logits(model, val, paths, rounds=rounds)
+    truth = {id(it): it.mask.numpy() for it, _ in drawn}
+    thresholds, threshold_evidence = choose_thresholds([(it.name, lg, truth[id(it)]) for it, lg in drawn])
+    masks = [(it, lg > thresholds.get(target_key(it.name), 0.0)) for it, lg in drawn]
+    components = choose_rules([(it.name, m, truth[id(it)]) for it, m in masks])
+    rules = PostprocessRules(keep_largest=components.keep_largest, drop_specks=components.drop_specks,
+                             thresholds=thresholds, evidence=components.evidence, threshold_evidence=threshold_evidence,
+                             presence_cuts=cuts, presence_evidence=evidence, mask_paths=paths,
+                             mask_path_evidence=path_evidence)
+    final = {(it.record, it.name): dice(rules.apply(it.name, m), truth[id(it)]) for it, m in masks}
+    ruled = [{**r, "dice": final[(r["record"], r["name"])]} if (r["record"], r["name"]) in final else r for r in rows]
+    summary = {"at_0.5": summarise(rows), "with_cuts": summarise(rows, cuts), "with_rules": summarise(ruled, cuts),
                "decided_at_0.5": summarise(decided), "decided_with_cuts": summarise(decided, cuts),
                "mean_dice_at_0.5": mean_dice(summarise(rows)), "mean_dice_with_cuts": mean_dice(summarise(rows, cuts)),
+               "mean_dice_with_rules": mean_dice(summarise(ruled, cuts)), "loop_rounds": rounds,
                "cuts_chosen_on": "validation questions about targets taught on the image's modality"}
-    PostprocessRules(presence_cuts=cuts, presence_evidence=evidence, mask_paths=paths,
-                     mask_path_evidence=path_evidence).save(run / "model")
+    rules.save(run / "model")
     print(f"{run.name}: validation mean Dice {summary['mean_dice_at_0.5']:.4f} at 0.5, "
-          f"{summary['mean_dice_with_cuts']:.4f} with the cuts {cuts}; mask paths {paths or 'query for every target'}",
-          flush=True)
+          f"{summary['mean_dice_with_cuts']:.4f} with the cuts {cuts}, {summary['mean_dice_with_rules']:.4f} with every rule; "
+          f"mask paths {paths or 'query for every target'}; thresholds {thresholds}; keep largest {rules.keep_largest}; "
+          f"drop specks {rules.drop_specks}", flush=True)
     for name, ev in path_evidence.items():
-        print(f"  {name:<24} {ev}", flush=True)
+        print(f"  {name:<24} {ev} {threshold_evidence.get(name, '')} {components.evidence.get(name, '')}", flush=True)
     return summary
 
 
@@ -521,6 +549,65 @@ def rules(name: str = SHIPPED_REAL) -> None:
     items_run = run if (run / "items-val.pt").is_file() else RUNS / "default-real2"  # a loop stage keeps its own
     summary.update(_rules(model, run, _items(model, "val", items_run, loop=model.config.loop_rounds > 1)))
     (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
+
+
+LOOP_STAGE_VARIANTS = {"one round": (1, "full"), "two rounds": (2, "full"), "two rounds, region not fed back": (2, "no-region"),
+                       "two rounds, no mask prompt": (2, "no-mask-prompt")}
+LOOP_STAGE_PAIRS = (("two rounds", "one round"), ("two rounds, region not fed back", "one round"),
+                    ("two rounds, no mask prompt", "one round"), ("two rounds", "two rounds, region not fed back"))
+
+
+def loopstage(name: str = "real5") -> None:
+    """The closed loop's ablation on every validation question of the decoder stage of runs/default-NAME (its own
+    words, as the stage asks them; real datasets only), one model, four ways (LOOP_STAGE_VARIANTS): one round, two
+    rounds, two rounds with round 1's states again instead of the re-read (region not fed back), two rounds without
+    round 1's mask as the prompt. Words alone (a present target called absent scores 0; presence cut as the run's
+    rules). Paired differences on the same present questions (LOOP_STAGE_PAIRS), 95% bootstrap interval; present and
+    absent accuracy on the questions the model decides -> runs/default-NAME/loop_ablation.json."""
+    import numpy as np
+
+    from rcmed.data.store import iter_records
+    from rcmed.model.rcmed import RCMedModel
+    from rcmed.postprocess import PostprocessRules
+    from rcmed.train.decoder_stage import dataset_of, reaching_model, score
+
+    run = RUNS / f"default-{name}"
+    model = RCMedModel.from_pretrained(run / "model")
+    rules = PostprocessRules.load(run / "model")
+    val = [it for it in _items(model, "val", run, loop=True) if not it.dataset.startswith("phantom-")]
+    modality_of = {dataset_of(r): r.modality for r in iter_records(DATA / "real-built")}
+    taught = json.loads((run / "model" / "targets.json").read_text())
+    t0 = time.time()
+    per: dict[str, dict[tuple[str, str], float]] = {}
+    result: dict[str, object] = {"questions": len(val), "variants": {}}
+    for label, (rounds, loop) in LOOP_STAGE_VARIANTS.items():
+        rows = score(model, val, rounds=rounds, loop=loop)
+        called = {(r["record"], r["name"]): r["presence"] >= rules.presence_for(str(r["name"])) for r in rows}
+        per[label] = {(r["record"], r["name"]): (r["dice"] if called[(r["record"], r["name"])] else 0.0)
+                      for r in rows if r["present"]}
+        by_ds: dict[str, list[float]] = {}
+        for r in rows:
+            if r["present"]:
+                by_ds.setdefault(str(r["dataset"]), []).append(per[label][(r["record"], r["name"])])
+        decided = reaching_model(rows, taught, modality_of)
+        result["variants"][label] = {
+            "mean_dice_over_datasets": round(float(np.mean([np.mean(v) for v in by_ds.values()])), 4),
+            "datasets": {d: round(float(np.mean(v)), 4) for d, v in sorted(by_ds.items())},
+            "present_accuracy": round(float(np.mean([called[(r["record"], r["name"])] for r in decided if r["present"]])), 4),
+            "absent_accuracy": round(float(np.mean([not called[(r["record"], r["name"])] for r in decided if not r["present"]])), 4),
+            "absent_questions": sum(1 for r in decided if not r["present"])}
+        print(f"  {label}: {result['variants'][label]['mean_dice_over_datasets']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    rng = np.random.default_rng(0)
+    keys = sorted(per["one round"])
+    result["paired"] = []
+    for a, b in LOOP_STAGE_PAIRS:
+        d = np.array([per[a][k] - per[b][k] for k in keys])
+        boots = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(2000)]
+        result["paired"].append({"variant": a, "minus": b, "questions": len(d), "mean_difference": round(float(d.mean()), 4),
+                                 "ci_low": round(float(np.percentile(boots, 2.5)), 4),
+                                 "ci_high": round(float(np.percentile(boots, 97.5)), 4)})
+        print(f"  {a} - {b}: {result['paired'][-1]}", flush=True)
+    (run / "loop_ablation.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 def modality(folder: Path = RUNS / "default-real2" / "model") -> None:  # (copied into the later stages: the encoder is the same)
@@ -638,9 +725,11 @@ def realtest() -> None:
 
     out = RUNS / "real-test"
     t0 = time.time()
+    # a two-round model is also asked with one round in the same scoring: what the closed loop gives on test
+    two = json.loads((WEIGHTS / "config.json").read_text())["loop_rounds"] == 2
     rep = evaluate(WEIGHTS, DATA / "real-built", out, split="test", baselines=("litemedsam-cc-box", "unet"), progress=False,
                    describe=False, per_dataset=REAL_TEST_PER_DATASET, unet_budget_s=UNET_BUDGET_S, unet_size=UNET_SIZE,
-                   unet_weights=UNET_WEIGHTS)
+                   unet_weights=UNET_WEIGHTS, ablations=("no-loop",) if two else ())
     print(f"{rep.rows} questions on {rep.cases} test cases in {time.time() - t0:.0f} s -> {out / 'report.md'}")
     _print_datasets(rep.tables["datasets"])
     shipped = WEIGHTS / "eval"
@@ -648,11 +737,19 @@ def realtest() -> None:
     for name in ("datasets.csv", "presence.csv", "report.md", "recognition.csv"):
         if (out / name).is_file():
             shutil.copy2(out / name, shipped / f"real_test_{name}")
+    loop_file = shipped / "real_test_loop_paired.json"
+    loop_file.unlink(missing_ok=True)  # (an earlier model's)
+    if two:
+        loop_file.write_text(json.dumps(_paired(out, ("no-loop",)), indent=1) + "\n")
     from rcmed.predictor import _model_sha
 
     ours = [r["dice"] for r in rep.tables["datasets"] if r["method"] == "rcmed"]
+    import hashlib
+
     entry = {"sha256": _model_sha(WEIGHTS), "shipped": True, "mean_dice": round(float(np.mean(ours)), 4),
-             "date": time.strftime("%Y-%m-%d"), "records_per_dataset": REAL_TEST_PER_DATASET}
+             "date": time.strftime("%Y-%m-%d"), "records_per_dataset": REAL_TEST_PER_DATASET,
+             "loop_rounds": json.loads((WEIGHTS / "config.json").read_text())["loop_rounds"],  # weights alone do not say
+             "rules_sha256": hashlib.sha256((WEIGHTS / "postprocess.json").read_bytes()).hexdigest()}
     _prompt_suite(DATA / "real-built", out, shipped / "real_test_prompt_suite.csv")
     log = shipped / "real_test_log.jsonl"  # every model scored stays listed; only the latest one ships
     earlier = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
@@ -725,29 +822,38 @@ LOOP_VAL_PER_DATASET = 3  # validation records per dataset in the loop ablation 
 
 def loopval() -> None:
     """The closed loop's ablation for the shipped model on the real validation splits, side by side on the same
-    records: as shipped (its `loop_rounds`), two rounds, two rounds without the region fed back to the language
-    model, two rounds without the previous mask as the decoder's prompt -> eval/real_val_loop_datasets.csv."""
+    records: as shipped (its `loop_rounds`), the other number of rounds (one for a two-round model, two for a
+    one-round model), two rounds without the region fed back to the language model, two rounds without the
+    previous mask as the decoder's prompt -> eval/real_val_loop_datasets.csv, eval/real_val_loop_paired.json."""
     from rcmed.eval.harness import evaluate
 
     out = RUNS / "real-val-loop"
     t0 = time.time()
+    # the variants that differ from the shipped answer: a two-round model is compared with one round instead of itself
+    two = json.loads((WEIGHTS / "config.json").read_text())["loop_rounds"] == 2
+    variants = ("no-loop" if two else "loop", "loop-no-region", "loop-no-mask-prompt")
     rep = evaluate(WEIGHTS, DATA / "real-built", out, split="val", progress=False, describe=False,
-                   per_dataset=LOOP_VAL_PER_DATASET, ablations=("loop", "loop-no-region", "loop-no-mask-prompt"))
+                   per_dataset=LOOP_VAL_PER_DATASET, ablations=variants)
     print(f"loop ablation: {rep.rows} questions on {rep.cases} validation cases in {time.time() - t0:.0f} s")
     _print_datasets(rep.tables["datasets"])
     shutil.copy2(out / "datasets.csv", WEIGHTS / "eval" / "real_val_loop_datasets.csv")
-    # paired: each variant minus the shipped answer on the same present questions, 95% bootstrap interval
+    (WEIGHTS / "eval" / "real_val_loop_paired.json").write_text(json.dumps(_paired(out, variants), indent=1) + "\n")
+
+
+def _paired(out: Path, variants) -> dict[str, dict[str, object]]:
+    """Each ablation in `out`/cases.jsonl minus the shipped answer on the same present questions: mean Dice difference
+    and its 95% bootstrap interval."""
     rows = [json.loads(x) for x in open(out / "cases.jsonl", encoding="utf-8")]
     rows = [r for r in rows if r.get("task") == "segment" and r["present"]]
     rng = np.random.default_rng(0)
     paired = {}
-    for variant in ("loop", "loop-no-region", "loop-no-mask-prompt"):
+    for variant in variants:
         d = np.array([r[f"dice_rcmed-{variant}"] - r["dice"] for r in rows if f"dice_rcmed-{variant}" in r])
         boots = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(2000)] if len(d) else [0.0]
         paired[variant] = {"questions": int(len(d)), "mean_difference": round(float(d.mean()), 4) if len(d) else None,
                            "ci_low": round(float(np.percentile(boots, 2.5)), 4), "ci_high": round(float(np.percentile(boots, 97.5)), 4)}
         print(f"  {variant}: {paired[variant]}")
-    (WEIGHTS / "eval" / "real_val_loop_paired.json").write_text(json.dumps(paired, indent=1) + "\n")
+    return paired
 
 
 def _prompt_suite(store: Path, out: Path, to: Path) -> None:
@@ -768,7 +874,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "rules": rules, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
+         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "loopstage": loopstage, "rules": rules, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 
@@ -777,7 +883,11 @@ def main() -> None:
     ap.add_argument("step", choices=[*STEPS, "validate", "realval", "all"])  # validate, realval: not part of `all`
     ap.add_argument("--models", nargs="+", help="validate: model folders to rank (default: the shipped one)")
     ap.add_argument("--tag", help="realval: results into runs/real-val-TAG (a second look, without the mask-path variants)")
+    ap.add_argument("--run", help="rules, loopstage: the decoder-stage run NAME of runs/default-NAME (default: "
+                                  f"{SHIPPED_REAL} for rules, real5 for loopstage)")
     args = ap.parse_args()
+    if args.run and args.step not in ("rules", "loopstage"):
+        raise SystemExit("error: --run goes with the rules and loopstage steps")
     if args.step == "realval":
         realval(args.models, args.tag or "")
         return
@@ -792,7 +902,7 @@ def main() -> None:
     for name in PHANTOM_STEPS if args.step == "all" else [args.step]:
         t0 = time.time()
         print(f"== {name}", flush=True)
-        STEPS[name]()
+        STEPS[name](args.run) if args.run else STEPS[name]()
         print(f"== {name} done in {time.time() - t0:.0f} s", flush=True)
 
 

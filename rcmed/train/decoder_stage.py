@@ -69,10 +69,10 @@ def dataset_of(record) -> str:
     return record.source or f"phantom-{record.modality}"
 
 
-def _record_examples(sample, rng: random.Random) -> list[tuple[str, list[Example]]]:
+def _record_examples(sample, rng: random.Random, phrasings: int = 2) -> list[tuple[str, list[Example]]]:
     """Per single-target question of the record (segment_name for present targets and instances,
-    absent for known-absent names): its name and the example in up to two phrasings (the evaluation's
-    "Segment the X." and one drawn from the record's own phrasings). The image is normalised once."""
+    absent for known-absent names): its name and the example in up to `phrasings` phrasings (the evaluation's
+    "Segment the X.", then one drawn from the record's own phrasings). The image is normalised once."""
     rec = sample.record
     questions = [ex for ex in rec.examples if ex["task"] in ITEM_TASKS and len(ex["seg_targets"]) == 1]
     if not questions:
@@ -86,7 +86,7 @@ def _record_examples(sample, rng: random.Random) -> list[tuple[str, list[Example
     for ex in questions:
         k = ex["seg_targets"][0]
         mask = regions[k] if 0 <= k < len(regions) else None
-        prompts = dict.fromkeys([_canonical(ex), rng.choice(ex.get("prompts") or [ex["prompt"]])])
+        prompts = list(dict.fromkeys([_canonical(ex), rng.choice(ex.get("prompts") or [ex["prompt"]])]))[:phrasings]
         # the slot's state depends only on what comes before it (causal attention): the answer stops there
         head = ex["answer"].split(SEG)[0] + SEG
         out.append((_name_of(ex), [Example(x, p, head, [mask]) for p in prompts]))
@@ -110,11 +110,12 @@ def _name_of(ex: dict) -> str:
 
 @torch.inference_mode()
 def collect_items(model: RCMedModel, stores: list[str], split: str, cache: FeatureCache, seed: int = 0,
-                  limit: int | None = None, every: int = 1, loop: bool = False, log=print) -> list[Item]:
+                  limit: int | None = None, every: int = 1, loop: bool = False, phrasings: int = 2,
+                  log=print) -> list[Item]:
     """Every single-target question of every record of `split` in `stores` (of one record in `every`,
-    by a fixed hash of its id), with the frozen LM's states at its `<region>` slot, and with `loop` also
-    the states after the LM re-reads the region of the model's round-1 mask (`hidden2`). Features are
-    read from (or written to) `cache`."""
+    by a fixed hash of its id), in up to `phrasings` phrasings, with the frozen LM's states at its `<region>`
+    slot, and with `loop` also the states after the LM re-reads the region of the model's round-1 mask
+    (`hidden2`). Features are read from (or written to) `cache`."""
     model.eval()
     size = model.config.vision.img_size
     items: list[Item] = []
@@ -125,7 +126,7 @@ def collect_items(model: RCMedModel, stores: list[str], split: str, cache: Featu
         for sample in ShardStream(store, split=split, seed=seed, epoch=0, buffer=1):
             if every > 1 and zlib.crc32(sample.record.id.encode()) % every:
                 continue
-            questions = _record_examples(sample, rng)
+            questions = _record_examples(sample, rng, phrasings)
             if not questions:
                 continue
             flat = [e for _, exs in questions for e in exs]
@@ -270,6 +271,32 @@ def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16, roun
         for j, it in enumerate(part):
             out.append((it.name, {"query": _dice(first.masks[j, 0] > 0, it.mask), "box": _dice(by_box.masks[j, 0] > 0, it.mask),
                                   "both": _dice(both.masks[j, 0] > 0, it.mask)}))
+    return out
+
+
+@torch.inference_mode()
+def mask_logits(model: RCMedModel, items: list[Item], paths: dict[str, str] | None = None, chunk: int = 16,
+                rounds: int = 1) -> list[tuple[Item, np.ndarray]]:
+    """Per present question, the mask logits (S, S) the model draws for it (last loop round), by the target's
+    mask path in `paths` (name key -> "query" or "both"; "query" when absent): what the mask threshold and the
+    component rules are chosen on (`rcmed.postprocess.choose_thresholds`, `choose_rules`)."""
+    model.eval()
+    paths = paths or {}
+    size = model.config.vision.img_size
+    present = [it for it in items if it.mask is not None and bool(it.mask.any())]
+    out: list[tuple[Item, np.ndarray]] = []
+    for i in range(0, len(present), chunk):
+        part = present[i:i + chunk]
+        first = _decode(model, part, None, rounds)[-1]
+        logits = first.masks[:, 0]
+        both = [j for j, it in enumerate(part) if paths.get(target_key(it.name), "query") == "both"]
+        if both:  # the box of the query's own answer, as a box prompt beside the query (as `score_paths`, `Predictor`)
+            boxes = first.box.float() * size
+            boxes = torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, size - 1)
+            redo = _decode(model, part, None, rounds, boxes=boxes)[-1].masks[:, 0]
+            logits = logits.clone()
+            logits[both] = redo[both]
+        out += [(it, logits[j].float().numpy()) for j, it in enumerate(part)]
     return out
 
 
