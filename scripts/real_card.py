@@ -161,14 +161,17 @@ def stage_lines() -> list[str]:
     summ = json.loads((EVAL / f"{names[-1]}_val_summary.json").read_text())
     at, cut = summ["at_0.5"], summ["with_cuts"]
     decided = summ.get("decided_with_cuts", {})
+    ruled = summ.get("with_rules")  # every per-target rule: presence cut, mask path, mask threshold, component rule
     lines = ["| dataset | Dice, presence at 0.5 | present / absent acc. | Dice, per-target cuts | present / absent acc. "
-             "| absent acc., questions the model decides (with cuts) |", "|---|---|---|---|---|---|"]
+             "| absent acc., questions the model decides (with cuts) |" + (" Dice, every rule |" if ruled else ""),
+             "|---|---|---|---|---|---|" + ("---|" if ruled else "")]
     for d in sorted(at):
         a, c = at[d], cut.get(d, {})
         lines.append(f"| {d} | {_fmt(a.get('dice'))} | {_fmt(a.get('present'), 2)} / {_fmt(a.get('absent'), 2)} | "
                      f"{_fmt(c.get('dice'))} | {_fmt(c.get('present'), 2)} / {_fmt(c.get('absent'), 2)} | "
-                     f"{_fmt(decided.get(d, {}).get('absent'), 2)} |")
-    lines.append(f"| **mean over real datasets** | {_fmt(summ['mean_dice_at_0.5'])} | | {_fmt(summ['mean_dice_with_cuts'])} | | |")
+                     f"{_fmt(decided.get(d, {}).get('absent'), 2)} |" + (f" {_fmt(ruled.get(d, {}).get('dice'))} |" if ruled else ""))
+    lines.append(f"| **mean over real datasets** | {_fmt(summ['mean_dice_at_0.5'])} | | {_fmt(summ['mean_dice_with_cuts'])} | | |"
+                 + (f" {_fmt(summ.get('mean_dice_with_rules'))} |" if ruled else ""))
     if summ.get("cuts_chosen_on"):
         lines += ["", f"The presence cuts were chosen on the {summ['cuts_chosen_on']}: questions about targets taught only "
                   "on other modalities are refused by rule before the model is asked, and are left out of the choice."]
@@ -292,6 +295,10 @@ def write_block(path: Path, block: str, check: bool) -> bool:
         return new == text
     path.write_text(new, encoding="utf-8")
     return True
+
+
+def _short(sha: str | None) -> str:
+    return f"`{sha[:12]}`" if sha else "not logged"
 
 
 def _met(ok: bool | None) -> str:
@@ -439,9 +446,13 @@ def build() -> tuple[str, str]:
         "",
         "**Every model scored on the real test splits:**",
         "",
-        "| model (sha256) | shipped | mean Dice over datasets | scored on |",
-        "|---|---|---|---|",
-        *[f"| `{e['sha256'][:12]}` | {'yes' if e.get('shipped') else 'no'} | {_fmt(e.get('mean_dice'))} | {e.get('date', '')} |" for e in log],
+        "| weights (sha256) | rules (sha256 of postprocess.json) | loop rounds | shipped | mean Dice over datasets | scored on |",
+        "|---|---|---|---|---|---|",
+        *[f"| `{e['sha256'][:12]}` | {_short(e.get('rules_sha256'))} | {e.get('loop_rounds', 'not logged')} | "
+          f"{'yes' if e.get('shipped') else 'no'} | {_fmt(e.get('mean_dice'))} | {e.get('date', '')} |" for e in log],
+        "",
+        "(Rows scored before the rules and the loop rounds were logged leave them out; the same weights with other rules "
+        "are another model and are scored again.)",
         "",
         f"Phantom held-out check of the shipped model (fresh seed, once): mean Dice over modalities {_fmt(phantom_mean)}.",
         "",

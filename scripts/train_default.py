@@ -37,6 +37,7 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
     python scripts/train_default.py real3        # more decoder-stage steps from real2 -> runs/default-real3/model
     python scripts/train_default.py real4        # more again from real3 -> runs/default-real4/model
     python scripts/train_default.py rules        # presence cuts and mask paths of the shipped run again, on validation
+    python scripts/train_default.py reship       # the same for the shipped weights, shipped with them (no runs/ needed)
     python scripts/train_default.py modality     # the modality head on the train splits, scored on validation
                                                  # -> runs/default-real2/model/modality.safetensors
     python scripts/train_default.py export_real  # runs/default-<SHIPPED_REAL>/model -> rcmed/weights/default/
@@ -551,6 +552,31 @@ def rules(name: str = SHIPPED_REAL) -> None:
     (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
 
 
+def reship() -> None:
+    """Choose the per-target rules of the shipped weights again on the decoder stage's validation questions
+    (`rules`) and ship them, without the training runs behind the weights: on a fresh machine, where runs/ is gone,
+    runs/default-SHIPPED_REAL/model is seeded from rcmed/weights/default (its weights are that run's). The weights
+    stay; postprocess.json and the validation summary change, and the results that described the old rules (the
+    phantom check, the worst cases, the loop ablation) go until `phantomcheck`, `worst` and `loopval` run again."""
+    run = RUNS / f"default-{SHIPPED_REAL}"
+    (run / "model").mkdir(parents=True, exist_ok=True)
+    (RUNS / "default-real2").mkdir(parents=True, exist_ok=True)  # where the stage's validation questions are cached
+    if not (run / "model" / "model.safetensors").is_file():
+        for f in ("config.json", "model.safetensors", "targets.json", "modality.safetensors"):
+            shutil.copy2(WEIGHTS / f, run / "model" / f)
+    if not (run / "val_summary.json").is_file():
+        shutil.copy2(WEIGHTS / "eval" / f"{SHIPPED_REAL}_val_summary.json", run / "val_summary.json")
+    rules(SHIPPED_REAL)
+    for stale in ("phantom_fresh_modalities.csv", "real_test_worst.json", "real_test_worst_notes.json",
+                  "real_val_loop_datasets.csv", "real_val_loop_paired.json"):
+        (WEIGHTS / "eval" / stale).unlink(missing_ok=True)
+    from rcmed.postprocess import FILE
+
+    shutil.copy2(run / "model" / FILE, WEIGHTS / FILE)
+    shutil.copy2(run / "val_summary.json", WEIGHTS / "eval" / f"{SHIPPED_REAL}_val_summary.json")
+    print(f"shipped the rules of {run / 'model'} with the weights in {WEIGHTS}")
+
+
 LOOP_STAGE_VARIANTS = {"one round": (1, "full"), "two rounds": (2, "full"), "two rounds, region not fed back": (2, "no-region"),
                        "two rounds, no mask prompt": (2, "no-mask-prompt")}
 LOOP_STAGE_PAIRS = (("two rounds", "one round"), ("two rounds, region not fed back", "one round"),
@@ -608,6 +634,8 @@ def loopstage(name: str = "real5") -> None:
                                  "ci_high": round(float(np.percentile(boots, 97.5)), 4)})
         print(f"  {a} - {b}: {result['paired'][-1]}", flush=True)
     (run / "loop_ablation.json").write_text(json.dumps(result, indent=1) + "\n")
+    if name in DECODER_STAGES[:DECODER_STAGES.index(SHIPPED_REAL) + 1]:  # behind the shipped weights: the card shows it
+        shutil.copy2(run / "loop_ablation.json", WEIGHTS / "eval" / f"{name}_loop_ablation.json")
 
 
 def modality(folder: Path = RUNS / "default-real2" / "model") -> None:  # (copied into the later stages: the encoder is the same)
@@ -874,7 +902,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "loopstage": loopstage, "rules": rules, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
+         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "loopstage": loopstage, "rules": rules, "reship": reship, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 
