@@ -478,7 +478,9 @@ def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = No
                          rounds=rounds)
     model.config.loop_rounds = rounds  # the rounds the stage trained (see decoder_stage)
     model.save_pretrained(run / "model")
-    shutil.copy2(RUNS / f"default-{REAL_RUNS[-1]}" / "model" / "targets.json", run / "model" / "targets.json")
+    taught = src / "targets.json"  # what real1 was taught, carried by every stage's model folder
+    shutil.copy2(taught if taught.is_file() else RUNS / f"default-{REAL_RUNS[-1]}" / "model" / "targets.json",
+                 run / "model" / "targets.json")
     summary = _rules(model, run, val)
     summary.update({"source": str(src.relative_to(ROOT)), "best_step": best["step"]})
     (run / "val_summary.json").write_text(json.dumps(summary, indent=1))
