@@ -638,6 +638,10 @@ def loopstage(name: str = "real5") -> None:
     (run / "loop_ablation.json").write_text(json.dumps(result, indent=1) + "\n")
     if name in DECODER_STAGES[:DECODER_STAGES.index(SHIPPED_REAL) + 1]:  # behind the shipped weights: the card shows it
         shutil.copy2(run / "loop_ablation.json", WEIGHTS / "eval" / f"{name}_loop_ablation.json")
+    else:  # a design tried and not shipped: the card shows it as such, with the stage's validation record
+        for f in ("loop_ablation.json", "val_history.json", "val_summary.json"):
+            if (run / f).is_file():
+                shutil.copy2(run / f, WEIGHTS / "eval" / f"tried_{name}_{f}")
 
 
 def modality(folder: Path = RUNS / "default-real2" / "model") -> None:  # (copied into the later stages: the encoder is the same)
