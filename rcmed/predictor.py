@@ -29,7 +29,7 @@ from rcmed.io.image import MedicalImage, Modality, parse_modality
 from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
 from rcmed.io.slices import SliceStack, from_slices, to_slices
-from rcmed.model.processing import ImageGeometry, postprocess_mask, prepare_image, source_logits
+from rcmed.model.processing import ImageGeometry, box_prompt_pixels, postprocess_mask, prepare_image, source_logits
 from rcmed.model.rcmed import LOOP_VARIANTS, Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
 from rcmed.postprocess import MASK_PATHS, PostprocessRules, target_key
@@ -349,8 +349,7 @@ class Predictor:
         need = [k for k, p in enumerate(paths) if p != "query"]
         if not need:
             return {}
-        boxes = torch.stack([t.box for t in gen.targets]).float() * self.size  # normalised -> model-input pixels
-        boxes = torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, self.size - 1)
+        boxes = box_prompt_pixels(torch.stack([t.box for t in gen.targets]), self.size)
         out: dict[int, torch.Tensor] = {}
         to_sam = [k for k in need if paths[k] == "box"]
         with torch.inference_mode():

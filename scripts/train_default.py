@@ -592,8 +592,6 @@ def loopstage(name: str = "real5") -> None:
     round 1's mask as the prompt. Words alone (a present target called absent scores 0; presence cut as the run's
     rules). Paired differences on the same present questions (LOOP_STAGE_PAIRS), 95% bootstrap interval; present and
     absent accuracy on the questions the model decides -> runs/default-NAME/loop_ablation.json."""
-    import numpy as np
-
     from rcmed.data.store import iter_records
     from rcmed.model.rcmed import RCMedModel
     from rcmed.postprocess import PostprocessRules
@@ -629,11 +627,7 @@ def loopstage(name: str = "real5") -> None:
     keys = sorted(per["one round"])
     result["paired"] = []
     for a, b in LOOP_STAGE_PAIRS:
-        d = np.array([per[a][k] - per[b][k] for k in keys])
-        boots = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(2000)]
-        result["paired"].append({"variant": a, "minus": b, "questions": len(d), "mean_difference": round(float(d.mean()), 4),
-                                 "ci_low": round(float(np.percentile(boots, 2.5)), 4),
-                                 "ci_high": round(float(np.percentile(boots, 97.5)), 4)})
+        result["paired"].append({"variant": a, "minus": b, **_interval(np.array([per[a][k] - per[b][k] for k in keys]), rng)})
         print(f"  {a} - {b}: {result['paired'][-1]}", flush=True)
     (run / "loop_ablation.json").write_text(json.dumps(result, indent=1) + "\n")
     if name in DECODER_STAGES[:DECODER_STAGES.index(SHIPPED_REAL) + 1]:  # behind the shipped weights: the card shows it
@@ -760,7 +754,8 @@ def realtest() -> None:
     out = RUNS / "real-test"
     t0 = time.time()
     # a two-round model is also asked with one round in the same scoring: what the closed loop gives on test
-    two = json.loads((WEIGHTS / "config.json").read_text())["loop_rounds"] == 2
+    rounds = json.loads((WEIGHTS / "config.json").read_text())["loop_rounds"]  # (the weights alone do not say)
+    two = rounds == 2
     rep = evaluate(WEIGHTS, DATA / "real-built", out, split="test", baselines=("litemedsam-cc-box", "unet"), progress=False,
                    describe=False, per_dataset=REAL_TEST_PER_DATASET, unet_budget_s=UNET_BUDGET_S, unet_size=UNET_SIZE,
                    unet_weights=UNET_WEIGHTS, ablations=("no-loop",) if two else ())
@@ -782,7 +777,7 @@ def realtest() -> None:
 
     entry = {"sha256": _model_sha(WEIGHTS), "shipped": True, "mean_dice": round(float(np.mean(ours)), 4),
              "date": time.strftime("%Y-%m-%d"), "records_per_dataset": REAL_TEST_PER_DATASET,
-             "loop_rounds": json.loads((WEIGHTS / "config.json").read_text())["loop_rounds"],  # weights alone do not say
+             "loop_rounds": rounds,
              "rules_sha256": hashlib.sha256((WEIGHTS / "postprocess.json").read_bytes()).hexdigest()}
     _prompt_suite(DATA / "real-built", out, shipped / "real_test_prompt_suite.csv")
     log = shipped / "real_test_log.jsonl"  # every model scored stays listed; only the latest one ships
@@ -882,12 +877,17 @@ def _paired(out: Path, variants) -> dict[str, dict[str, object]]:
     rng = np.random.default_rng(0)
     paired = {}
     for variant in variants:
-        d = np.array([r[f"dice_rcmed-{variant}"] - r["dice"] for r in rows if f"dice_rcmed-{variant}" in r])
-        boots = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(2000)] if len(d) else [0.0]
-        paired[variant] = {"questions": int(len(d)), "mean_difference": round(float(d.mean()), 4) if len(d) else None,
-                           "ci_low": round(float(np.percentile(boots, 2.5)), 4), "ci_high": round(float(np.percentile(boots, 97.5)), 4)}
+        paired[variant] = _interval(np.array([r[f"dice_rcmed-{variant}"] - r["dice"] for r in rows if f"dice_rcmed-{variant}" in r]), rng)
         print(f"  {variant}: {paired[variant]}")
     return paired
+
+
+def _interval(d: np.ndarray, rng: np.random.Generator) -> dict[str, object]:
+    """Paired Dice differences `d` (one per question): their count, mean and 95% bootstrap interval (2000 draws
+    from `rng`; no questions: mean None, interval 0)."""
+    boots = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(2000)] if len(d) else [0.0]
+    return {"questions": int(len(d)), "mean_difference": round(float(d.mean()), 4) if len(d) else None,
+            "ci_low": round(float(np.percentile(boots, 2.5)), 4), "ci_high": round(float(np.percentile(boots, 97.5)), 4)}
 
 
 def _prompt_suite(store: Path, out: Path, to: Path) -> None:

@@ -63,6 +63,14 @@ def box_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float() / s
 
 
+def box_prompt_pixels(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """(K, 4) predicted boxes normalised to [0, 1] (x0, y0, x1, y1, end-exclusive as `box_from_mask`) -> (K, 4)
+    box prompts in model-input pixels of an S = `size` square: corners outward to whole pixels, inclusive ends,
+    clamped to [0, S - 1] (what `Predictor` and the decoder stage give LiteMedSAM's decoder or ours)."""
+    boxes = boxes.float() * size
+    return torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, size - 1)
+
+
 def source_logits(logits: torch.Tensor, geom: ImageGeometry) -> torch.Tensor:
     """(..., S, S) model-input logits -> (..., H, W) float logits in source pixels (padding cropped)."""
     nh, nw = geom.resized_hw

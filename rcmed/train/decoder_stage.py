@@ -44,7 +44,7 @@ from rcmed.data.store import ShardStream
 from rcmed.io.image import MedicalImage, parse_modality
 from rcmed.io.normalize import normalize
 from rcmed.model.losses import rcmed_loss
-from rcmed.model.processing import SEG, Example, box_from_mask, build_batch
+from rcmed.model.processing import SEG, Example, box_from_mask, box_prompt_pixels, build_batch
 from rcmed.model.rcmed import RCMedModel
 from rcmed.model.vision import VisionFeatures
 from rcmed.postprocess import target_key
@@ -194,11 +194,11 @@ def _decode(model: RCMedModel, items: list[Item], rng: random.Random | None, rou
     feats = _features(paths)
     pick = [rng.randrange(len(it.hidden)) if rng else 0 for it in items]
     image_index = torch.tensor([index[it.feature] for it in items])
-    outs = [model.decode(feats, model.seg_query(torch.stack([it.hidden[k] for it, k in zip(items, pick, strict=True)])),
-                         image_index, boxes=boxes)]
+    hidden = torch.stack([it.hidden[k] for it, k in zip(items, pick, strict=True)])
+    outs = [model.decode(feats, model.seg_query(hidden), image_index, boxes=boxes)]
     if rounds == 2:
         if loop == "no-region":
-            hidden2 = torch.stack([it.hidden[k] for it, k in zip(items, pick, strict=True)])
+            hidden2 = hidden
         elif any(it.hidden2 is None for it in items):
             raise ValueError("two rounds need the re-read states: collect the items with loop=True")
         else:
@@ -260,8 +260,7 @@ def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16, roun
     for i in range(0, len(present), chunk):
         part = present[i:i + chunk]
         first = _decode(model, part, None, rounds)[-1]
-        boxes = first.box.float() * size  # normalised x0, y0, x1, y1 -> model-input pixels, as the predictor
-        boxes = torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, size - 1)
+        boxes = box_prompt_pixels(first.box, size)  # as the predictor
         paths = list(dict.fromkeys(it.feature for it in part))
         feats = _features(paths)
         index = torch.tensor([paths.index(it.feature) for it in part])
@@ -291,9 +290,7 @@ def mask_logits(model: RCMedModel, items: list[Item], paths: dict[str, str] | No
         logits = first.masks[:, 0]
         both = [j for j, it in enumerate(part) if paths.get(target_key(it.name), "query") == "both"]
         if both:  # the box of the query's own answer, as a box prompt beside the query (as `score_paths`, `Predictor`)
-            boxes = first.box.float() * size
-            boxes = torch.cat([boxes[:, :2].floor(), (boxes[:, 2:] - 1).ceil()], dim=1).clamp(0, size - 1)
-            redo = _decode(model, part, None, rounds, boxes=boxes)[-1].masks[:, 0]
+            redo = _decode(model, part, None, rounds, boxes=box_prompt_pixels(first.box, size))[-1].masks[:, 0]
             logits = logits.clone()
             logits[both] = redo[both]
         out += [(it, logits[j].float().numpy()) for j, it in enumerate(part)]
