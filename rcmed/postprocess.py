@@ -38,8 +38,10 @@ THRESHOLDS = tuple(np.arange(-3.0, 6.01, 0.5))  # candidate mask-logit cuts (sig
 # How a mask is drawn for a target named in words: "query": the language model's <seg> state as a query
 # into our fine-tuned decoder; "box": the box our decoder predicts from that query, given as a box prompt
 # to LiteMedSAM's own decoder (as pretrained on about 1.5 M real medical masks); "both": the query and
-# that box together into our decoder.
-MASK_PATHS = ("query", "box", "both")
+# that box together into our decoder; "refine": the query's mask (logit 0), one box per connected part of it
+# (specks left out), each into LiteMedSAM's own decoder, the masks joined: our words find the parts,
+# LiteMedSAM draws their edges (as it does from a true box, `rcmed.eval.baselines.LiteMedSAMComponentBoxes`).
+MASK_PATHS = ("query", "box", "both", "refine")
 
 
 def keep_largest(mask: np.ndarray) -> np.ndarray:
@@ -152,18 +154,32 @@ class PostprocessRules:
                    presence_evidence=dict(data.get("presence_evidence", {})))
 
 
+def holds_in_each_fold(gains: list[float] | np.ndarray, folds: list[int] | np.ndarray | None) -> bool:
+    """Whether a rule's per-case Dice gains over the default (`gains`) are above 0 on average in every fold of
+    `folds` (one fold label per case, e.g. a hash of the record id; None: no check). A rule chosen as the best of
+    several on the same cases looks better there than it is (it won a race on noise); one whose gain also holds in
+    each half of the cases on its own is less likely to be chasing a few of them."""
+    if folds is None:
+        return True
+    gains, folds = np.asarray(gains, dtype=float), np.asarray(folds)
+    return all(gains[folds == f].mean() > 0 for f in np.unique(folds)) and len(np.unique(folds)) > 1
+
+
 def choose_rules(pairs: list[tuple[str, np.ndarray, np.ndarray]], min_gain: float = 0.005,
-                 min_cases: int = 3) -> PostprocessRules:
+                 min_cases: int = 3, folds: list[int] | None = None) -> PostprocessRules:
     """Rules from validation (name, predicted mask, true mask) triples of present targets: of keeping
     the largest component and dropping specks, the rule that raises a name's mean Dice most, if by
     at least `min_gain` over at least `min_cases` cases (fewer cases: no rule, the evidence is too
-    thin); on a tie the gentler speck rule, which keeps every real part."""
+    thin) and, given `folds` (one label per triple), its gain holds in every fold (`holds_in_each_fold`);
+    on a tie the gentler speck rule, which keeps every real part."""
     by_name: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    for name, pred, true in pairs:
+    fold_of: dict[str, list[int]] = defaultdict(list)
+    for k, (name, pred, true) in enumerate(pairs):
         if pred.shape != true.shape:
             raise ValueError(f"{name}: prediction {pred.shape} and truth {true.shape} differ in shape")
         by_name[target_key(name)].append((dice(pred, true), dice(keep_largest(pred), true),
                                           dice(drop_specks(pred), true)))
+        fold_of[target_key(name)].append(folds[k] if folds is not None else 0)
     rules = PostprocessRules()
     for name in sorted(by_name):
         scores = np.array(by_name[name])
@@ -172,22 +188,30 @@ def choose_rules(pairs: list[tuple[str, np.ndarray, np.ndarray]], min_gain: floa
                                 "dice_no_specks": round(specks, 4)}
         if len(scores) < min_cases or max(largest, specks) - raw < min_gain:
             continue
-        (rules.drop_specks if specks >= largest else rules.keep_largest).append(name)
+        column = 2 if specks >= largest else 1
+        if not holds_in_each_fold(scores[:, column] - scores[:, 0], fold_of[name] if folds is not None else None):
+            rules.evidence[name]["not_in_every_fold"] = True
+            continue
+        (rules.drop_specks if column == 2 else rules.keep_largest).append(name)
     return rules
 
 
 def choose_thresholds(cases: list[tuple[str, np.ndarray, np.ndarray]], min_gain: float = 0.005, min_cases: int = 3,
-                      grid: tuple[float, ...] = THRESHOLDS) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+                      grid: tuple[float, ...] = THRESHOLDS,
+                      folds: list[int] | None = None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """From validation (name, mask logits, true mask) triples of present targets (a target the model
     missed: logits of -inf, empty at every cut), the mask-logit cut of each name: the value of `grid`
-    with the highest mean Dice, if it beats 0 by `min_gain` over `min_cases` cases or more; of equal
-    scores, the cut nearest 0. Returns ({name: cut} for names whose cut is not 0, {name: evidence})."""
+    with the highest mean Dice, if it beats 0 by `min_gain` over `min_cases` cases or more and, given `folds`
+    (one label per triple), its gain holds in every fold (`holds_in_each_fold`); of equal scores, the cut
+    nearest 0. Returns ({name: cut} for names whose cut is not 0, {name: evidence})."""
     by_name: dict[str, list[list[float]]] = defaultdict(list)
+    fold_of: dict[str, list[int]] = defaultdict(list)
     cuts = sorted({0.0, *(float(g) for g in grid)}, key=lambda c: (abs(c), c))  # nearest 0 first: max() keeps the first best
-    for name, logits, true in cases:
+    for k, (name, logits, true) in enumerate(cases):
         if logits.shape != true.shape:
             raise ValueError(f"{name}: logits {logits.shape} and truth {true.shape} differ in shape")
         by_name[target_key(name)].append([dice(logits > c, true) for c in cuts])
+        fold_of[target_key(name)].append(folds[k] if folds is not None else 0)
     chosen: dict[str, float] = {}
     evidence: dict[str, dict[str, float]] = {}
     for name in sorted(by_name):
@@ -196,21 +220,28 @@ def choose_thresholds(cases: list[tuple[str, np.ndarray, np.ndarray]], min_gain:
         evidence[name] = {"cases": len(by_name[name]), "dice_at_0": round(float(means[0]), 4),
                           "best_cut": cuts[best], "dice_at_best": round(float(means[best]), 4)}
         if len(by_name[name]) >= min_cases and means[best] - means[0] >= min_gain:
-            chosen[name] = cuts[best]
+            scores = np.array(by_name[name])
+            if holds_in_each_fold(scores[:, best] - scores[:, 0], fold_of[name] if folds is not None else None):
+                chosen[name] = cuts[best]
+            else:
+                evidence[name]["not_in_every_fold"] = True
     return chosen, evidence
 
 
 def choose_mask_paths(cases: list[tuple[str, dict[str, float]]], min_gain: float = 0.01,
-                      min_cases: int = 3) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+                      min_cases: int = 3, folds: list[int] | None = None) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
     """From validation (name, {mask path: Dice}) pairs of present targets (each path scored on the same
     case), the mask path of each name: the one of highest mean Dice if it beats "query" by `min_gain`
-    over `min_cases` cases or more. Returns ({name: path} for names not on "query", {name: evidence})."""
+    over `min_cases` cases or more and, given `folds` (one label per pair), its gain holds in every fold
+    (`holds_in_each_fold`). Returns ({name: path} for names not on "query", {name: evidence})."""
     by_name: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for name, scores in cases:
+    fold_of: dict[str, list[int]] = defaultdict(list)
+    for k, (name, scores) in enumerate(cases):
         for path, d in scores.items():
             if path not in MASK_PATHS:
                 raise ValueError(f"unknown mask path {path!r}")
             by_name[target_key(name)][path].append(float(d))
+        fold_of[target_key(name)].append(folds[k] if folds is not None else 0)
     chosen: dict[str, str] = {}
     evidence: dict[str, dict[str, float]] = {}
     for name, scores in sorted(by_name.items()):
@@ -219,7 +250,11 @@ def choose_mask_paths(cases: list[tuple[str, dict[str, float]]], min_gain: float
         evidence[name] = {"cases": n, **{f"dice_{p}": round(v, 4) for p, v in means.items()}}
         best = max(means, key=lambda p: (means[p], p == "query"))
         if best != "query" and n >= min_cases and means[best] - means.get("query", 0.0) >= min_gain:
-            chosen[name] = best
+            gains = np.subtract(scores[best], scores["query"])
+            if holds_in_each_fold(gains, fold_of[name] if folds is not None else None):
+                chosen[name] = best
+            else:
+                evidence[name]["not_in_every_fold"] = True
     return chosen, evidence
 
 

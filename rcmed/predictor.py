@@ -32,7 +32,7 @@ from rcmed.io.slices import SliceStack, from_slices, to_slices
 from rcmed.model.processing import ImageGeometry, box_prompt_pixels, postprocess_mask, prepare_image, source_logits
 from rcmed.model.rcmed import LOOP_VARIANTS, Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
-from rcmed.postprocess import MASK_PATHS, PostprocessRules, target_key
+from rcmed.postprocess import MASK_PATHS, SPECK_FRACTION, PostprocessRules, target_key
 from rcmed.tta import allowed, flip_image, unflip
 from rcmed.vocabulary import Request, join_names, read_request, split_names, suggest
 
@@ -251,17 +251,18 @@ class Predictor:
         alone: with boxes or points the mask is the image's own. Presence is always the image's own.
         A mask is the pixels whose mean logit is above the target's cut in the folder's rules
         (`PostprocessRules.thresholds`, prompts by words alone; 0 otherwise), then the component rules.
-        `mask_path` ("query", "box", "both"; `rcmed.postprocess.MASK_PATHS`): how a mask is drawn for a
+        `mask_path` ("query", "box", "both", "refine"; `rcmed.postprocess.MASK_PATHS`): how a mask is drawn for a
         prompt by words alone; None: each target's path from the folder's rules ("query" by default).
-        On "box" and "both" no mirrors are averaged and the cut is 0."""
+        Off the query path no mirrors are averaged. The target's cut applies on the path it was chosen on (the
+        rules' path); on another path the caller asks for, the cut is 0."""
         if self._feats is None or self._geom is None or self._image is None:
             raise RCMedInputError("predict", "no image set; call set_image() first")
         prompt = _check_prompt(prompt)
         if mask_path is not None and mask_path not in MASK_PATHS:
             raise RCMedInputError("mask_path", f"unknown mask path {mask_path!r}; use one of {MASK_PATHS}")
-        if mask_path == "box" and not self.model.config.pretrained_vision:
-            raise RCMedInputError("mask_path", "'box' gives our box to LiteMedSAM's own decoder, which needs the model's "
-                                               "encoder to be LiteMedSAM's (pretrained_vision); this model's is not")
+        if mask_path in ("box", "refine") and not self.model.config.pretrained_vision:
+            raise RCMedInputError("mask_path", f"{mask_path!r} gives boxes to LiteMedSAM's own decoder, which needs the "
+                                               "model's encoder to be LiteMedSAM's (pretrained_vision); this model's is not")
         modality = self._image.modality.value
         req = self.read(prompt, modality)
         refused = self._refuse(req, modality)
@@ -314,9 +315,11 @@ class Predictor:
         for k, t in enumerate(gen.targets):
             present = t.presence >= self.rules.presence_for(t.name, self.presence_threshold)
             mask = None
+            # the target's cut was chosen on the logits of its own path (the rules'), not on another one's
+            cut = self.rules.threshold_for(t.name) if by_words and paths[k] == self.rules.mask_path_for(t.name) else 0.0
             if present and paths[k] != "query":
                 logits = source_logits(boxed[k], self._geom)
-                mask = self.rules.apply(t.name, (logits > 0).numpy())
+                mask = self.rules.apply(t.name, (logits > cut).numpy())
             elif present:
                 mirrors = (self.rules.flips_for(t.name) if flips is None else allowed(t.name, flips)) if by_words else ()
                 logits, views = source_logits(t.mask_logits, self._geom), 1  # (H, W)
@@ -325,7 +328,6 @@ class Predictor:
                     if k < len(mirrored):  # (an answer cut at max_new_tokens right after a <seg> has one slot less)
                         logits, views = logits + mirrored[k], views + 1
                 logits = logits / views  # the mean over the image and the mirrors that answered
-                cut = self.rules.threshold_for(t.name) if by_words else 0.0
                 mask = self.rules.apply(t.name, (logits > cut).numpy())
             if mask is not None and not mask.any():
                 mask, present = None, False  # "present" with an empty mask is reported as not found
@@ -343,9 +345,11 @@ class Predictor:
 
     def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None,
                       loop: str = "full") -> dict[int, torch.Tensor]:
-        """(S, S) model-input mask logits of the targets whose path is "box" or "both", keyed by index: the box
+        """(S, S) model-input mask logits of the targets whose path is not "query", keyed by index: the box
         our decoder predicted for each, as a box prompt into LiteMedSAM's own decoder ("box"), or together with
-        the text query into ours ("both": the same answer decoded again with one box per target)."""
+        the text query into ours ("both": the same answer decoded again with one box per target); or one box per
+        part of the query's own mask into LiteMedSAM's decoder, joined ("refine"; an empty mask stays the query's).
+        As the decoder stage draws them for validation (`rcmed.train.decoder_stage.path_logits`)."""
         need = [k for k, p in enumerate(paths) if p != "query"]
         if not need:
             return {}
@@ -356,7 +360,11 @@ class Predictor:
             if to_sam:
                 dec = self._litemedsam().segment_boxes(self._feats, boxes[to_sam])
                 out.update({k: dec.masks[j, 0] for j, k in enumerate(to_sam)})
-            if len(to_sam) < len(need):  # some target takes "both"
+            for k in (k for k in need if paths[k] == "refine"):
+                query = gen.targets[k].mask_logits
+                refined = self._litemedsam().segment_components(self._feats, query > 0, min_fraction=SPECK_FRACTION)
+                out[k] = query if refined is None else refined
+            if any(paths[k] == "both" for k in need):
                 again = self.model.generate(self._pixels[None], prompt, feats=self._feats, boxes=boxes, rounds=rounds,
                                             loop=loop)
                 for k in need:

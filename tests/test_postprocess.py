@@ -227,3 +227,78 @@ def test_presence_cuts_follow_validation_balanced_accuracy(tiny_trained, tmp_pat
     (folder / FILE).write_text('{"presence_cuts": {"liver": 1.5}}')
     with pytest.raises(ModelNotAvailableError, match="presence cut"):
         Predictor.from_pretrained(folder)
+
+
+def test_a_rule_whose_gain_lives_in_one_half_of_the_cases_is_not_kept():
+    """Chosen as the best of several on the same cases, a rule must also gain in each half on its own
+    (`holds_in_each_fold`): a threshold, a component rule and a mask path that win on one half only are refused."""
+    from rcmed.postprocess import choose_mask_paths, choose_rules, choose_thresholds, holds_in_each_fold
+
+    assert holds_in_each_fold([0.1, 0.2, 0.05, 0.1], [0, 0, 1, 1])
+    assert not holds_in_each_fold([0.4, 0.4, 0.0, -0.01], [0, 0, 1, 1])  # mean gain 0.2, all from half 0
+    assert not holds_in_each_fold([0.1, 0.1], [0, 0])  # one half: nothing to confirm with
+    assert holds_in_each_fold([0.0, -0.1], None)  # no folds: no check
+    # paths: "box" gains 0.3 on half 0 and loses on half 1
+    cases = [("polyp", {"query": 0.5, "box": 0.8})] * 3 + [("polyp", {"query": 0.5, "box": 0.49})] * 3
+    folds = [0, 0, 0, 1, 1, 1]
+    assert choose_mask_paths(cases)[0] == {"polyp": "box"}
+    chosen, evidence = choose_mask_paths(cases, folds=folds)
+    assert chosen == {} and evidence["polyp"]["not_in_every_fold"]
+    assert choose_mask_paths(cases, folds=[0, 1, 0, 1, 0, 1])[0] == {"polyp": "box"}  # spread over both halves
+    # thresholds: a low cut helps the three under-drawn cases of half 0 only
+    true = np.zeros((8, 8), bool)
+    true[2:6, 2:6] = True
+    thin = np.where(true, -0.5, -5.0)  # at 0: empty; at -1: exact
+    right = np.where(true, 3.0, -0.7)  # at 0: exact; at -1: the whole image
+    tcases = [("liver", thin, true)] * 3 + [("liver", right, true)] * 3
+    assert choose_thresholds(tcases)[0] == {"liver": -1.0}
+    assert choose_thresholds(tcases, folds=folds)[0] == {}
+    # component rules: keeping the largest part helps half 0 (specks) and hurts half 1 (two real parts)
+    specked = true.copy()
+    specked[7, 7] = True
+    two = np.zeros((8, 8), bool)
+    two[0:3, 0:3] = two[5:8, 5:8] = True
+    pairs = [("kidneys", specked, true)] * 3 + [("kidneys", two, two)] * 1
+    assert choose_rules(pairs).keep_largest == ["kidneys"] or choose_rules(pairs).drop_specks == ["kidneys"]
+    assert choose_rules(pairs, folds=[0, 0, 0, 1]).keep_largest == [] and choose_rules(pairs, folds=[0, 0, 0, 1]).drop_specks == []
+
+
+def test_predictor_refine_path_boxes_each_part_of_the_query_mask(tiny_trained):
+    """"refine" (chosen per target in the rules): each part of the query's mask gets its own box prompt into
+    LiteMedSAM's decoder (here a stand-in that fills the box at logit 2), and the target's cut applies on that path's
+    logits; asked explicitly on a model whose encoder is not LiteMedSAM's, it is refused."""
+    from types import SimpleNamespace
+
+    from scipy import ndimage as ndi
+
+    from rcmed.data.synth import synth
+    from rcmed.errors import RCMedInputError
+    from rcmed.model.medsam import LiteMedSAM
+
+    class FilledBox:
+        segment_components = LiteMedSAM.segment_components
+
+        def segment_boxes(self, feats, boxes):
+            s = feats.embedding.shape[-1] * 4
+            masks = torch.full((len(boxes), 1, s, s), -4.0)
+            for k, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+                masks[k, 0, y0:y1 + 1, x0:x1 + 1] = 2.0
+            return SimpleNamespace(masks=masks)
+
+    predictor = Predictor.from_pretrained(tiny_trained)
+    predictor.set_image(synth("ct", 3, size=64).image)
+    with pytest.raises(RCMedInputError, match="LiteMedSAM"):
+        predictor.predict("Segment the liver.", mask_path="refine")
+    predictor.rules = PostprocessRules(presence_cuts={"liver": 0.001})
+    query = predictor.predict("Segment the liver.", flips=()).targets[0]
+    assert query.mask is not None and query.mask.any()
+    predictor._sam = FilledBox()
+    predictor.rules = PostprocessRules(presence_cuts={"liver": 0.001}, mask_paths={"liver": "refine"}, thresholds={"liver": 1.0})
+    refined = predictor.predict("Segment the liver.").targets[0]
+    assert refined.mask is not None and (refined.mask | ~query.mask).all()  # every part of the query's mask is kept...
+    boxes = np.zeros_like(query.mask)
+    for sl in ndi.find_objects(ndi.label(query.mask)[0]):
+        boxes[sl] = True
+    assert refined.mask.sum() >= query.mask.sum() and (refined.mask <= np.pad(boxes, 2)[2:-2, 2:-2] | boxes).all()
+    predictor.rules = PostprocessRules(presence_cuts={"liver": 0.001}, mask_paths={"liver": "refine"}, thresholds={"liver": 3.0})
+    assert predictor.predict("Segment the liver.").targets[0].mask is None  # the cut is the path's: 2 < 3, nothing left

@@ -64,27 +64,20 @@ class LiteMedSAMComponentBoxes:
 
     def __call__(self, x: np.ndarray, true: np.ndarray) -> np.ndarray:
         import torch
-        from scipy import ndimage as ndi
 
         from rcmed.model.processing import postprocess_mask, prepare_image, prepare_mask
 
         pix, geom = prepare_image(x, 256)
-        lab, n = ndi.label(prepare_mask(true, geom).numpy() > 0)
-        if n == 0:
+        mask = prepare_mask(true, geom) > 0
+        if not bool(mask.any()):
             return np.zeros(true.shape, bool)
         key = hash(x.tobytes())
         if self._cache is None or self._cache[0] != key:
             with torch.inference_mode():
                 self._cache = (key, self.model.encode(pix[None]))
-        feats = self._cache[1]
-        boxes = torch.tensor([[sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1]
-                              for sl in ndi.find_objects(lab)], dtype=torch.float32)
-        best = None
         with torch.inference_mode():
-            for i in range(0, len(boxes), 64):
-                logits = self.model.segment_boxes(feats, boxes[i:i + 64]).masks[:, 0].amax(dim=0)
-                best = logits if best is None else torch.maximum(best, logits)
-        return postprocess_mask(best, geom)
+            logits = self.model.segment_components(self._cache[1], mask, max_boxes=None)
+        return postprocess_mask(logits, geom)
 
 
 class OtsuWatershed:

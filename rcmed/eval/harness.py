@@ -26,6 +26,7 @@ from rcmed.eval.baselines import LiteMedSAMBox, LiteMedSAMComponentBoxes, OtsuWa
 from rcmed.eval.metrics import aji, box_iou, counting_error, description_facts, dice, presence_metrics, text_metrics
 from rcmed.io.image import MedicalImage, affine_from_spacing, parse_modality
 from rcmed.io.normalize import normalize
+from rcmed.postprocess import MASK_PATHS
 
 
 @dataclass
@@ -102,8 +103,9 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     "loop-no-mask-prompt" (two rounds, the previous mask not given to the decoder).
     `describe`: also paint each record's first present target and ask the model what the coloured
     region is; its answer is checked against the facts the description engine measures.
-    `mask_paths`: also score the first model's other two ways from words to a mask (`rcmed.postprocess.MASK_PATHS`:
-    "rcmed-box", its predicted box into LiteMedSAM's own decoder; "rcmed-both", box and text query into ours)
+    `mask_paths`: also score the first model's other ways from words to a mask (`rcmed.postprocess.MASK_PATHS`:
+    "rcmed-box", its predicted box into LiteMedSAM's own decoder; "rcmed-both", box and text query into ours;
+    "rcmed-refine", a box per part of its query mask into LiteMedSAM's decoder)
     on the same answers. `per_dataset`: evaluate at most that many records of each dataset (record `source`), drawn by a
     fixed hash of the record id (the same records on every run and machine)."""
     from tqdm import tqdm
@@ -276,7 +278,7 @@ class _Asker:
         for label, other in self.others.items():
             methods.append((label, _first_mask(other.predict(prompt), true.shape)))
         if self.mask_paths:
-            for path in ("box", "both"):
+            for path in MASK_PATHS[1:]:
                 methods.append((f"rcmed-{path}", _first_mask(self.predictor.predict(prompt, mask_path=path), true.shape)))
         for a in self.ablations:
             methods.append((f"rcmed-{a}", _first_mask(self.predictor.predict(prompt, **ABLATIONS[a]), true.shape)))

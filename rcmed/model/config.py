@@ -34,7 +34,9 @@ class LossWeights:
 class RCMedConfig:
     """`lm`: "tiny" (random small Llama), "smollm2" (pretrained, fetched), or a local Hugging Face
     folder. `visual_grid`: the image embedding is pooled to grid x grid visual tokens.
-    `loop_rounds`: closed-loop rounds (1 = no loop). `freeze_vision`/`freeze_lm`: train only the
+    `loop_rounds`: closed-loop rounds (1 = no loop). `loop_residual`: a later round's query is round 1's plus a
+    learnt correction from what re-reading the region changed in the language model's state (zero at the start,
+    so the re-read is used only as far as training finds it helps; `RCMedModel.round_query`). `freeze_vision`/`freeze_lm`: train only the
     new parts (projector, special-token embeddings, decoder, loop) when True; `lora_rank` > 0
     adds LoRA adapters to a frozen LM."""
 
@@ -47,6 +49,7 @@ class RCMedConfig:
     lm_heads: int = 4
     visual_grid: int = 4
     loop_rounds: int = 2
+    loop_residual: bool = False
     freeze_vision: bool = False
     freeze_lm: bool = False
     lora_rank: int = 0

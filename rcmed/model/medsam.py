@@ -15,6 +15,8 @@ from rcmed.model.decoder import DecoderOutput, MaskDecoder
 from rcmed.model.prompt import PromptEncoder
 from rcmed.model.vision import TinyViT, TinyViTConfig, VisionFeatures
 
+MAX_COMPONENT_BOXES = 1024  # at most this many components of a predicted mask get a box each (a bound on the work)
+
 # Parameters RCMed adds to SAM's decoder; everything else maps one to one onto the checkpoint.
 RCMED_DECODER_KEYS = ("fine_skip.", "presence_head.", "box_head.")
 
@@ -62,3 +64,27 @@ class LiteMedSAM(nn.Module):
         image i when B == N) -> masks (N, 1, 256, 256) logits."""
         sparse, dense = self.prompt_encoder(None, boxes[:, None, :], None)
         return self.mask_decoder(features.embedding, self.prompt_encoder.get_dense_pe(), sparse, dense)
+
+    def segment_components(self, features: VisionFeatures, mask: torch.Tensor, min_fraction: float = 0.0,
+                           max_boxes: int | None = MAX_COMPONENT_BOXES, chunk: int = 64) -> torch.Tensor | None:
+        """One box prompt per connected component of `mask` (S, S) bool in model-input pixels (components under
+        `min_fraction` of the largest left out; at most the `max_boxes` largest, None: all), decoded on image 0 of
+        `features` `chunk` boxes at a time -> (S, S) mask logits, the maximum over the boxes; None when the mask
+        is empty. The tight box of each part is what LiteMedSAM was trained on (a box per object); one box
+        around many objects (a hundred nuclei, two lungs) is not."""
+        import numpy as np
+        from scipy import ndimage as ndi
+
+        labels, n = ndi.label(mask.cpu().numpy().astype(bool))
+        if n == 0:
+            return None
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = [i for i in np.argsort(-sizes, kind="stable")[:max_boxes or n] if sizes[i] >= min_fraction * sizes.max()]
+        slices = ndi.find_objects(labels)
+        boxes = torch.tensor([[slices[i][1].start, slices[i][0].start, slices[i][1].stop - 1, slices[i][0].stop - 1]
+                              for i in keep], dtype=torch.float32)
+        best = None
+        for i in range(0, len(boxes), chunk):
+            logits = self.segment_boxes(features, boxes[i:i + chunk]).masks[:, 0].amax(dim=0)
+            best = logits if best is None else torch.maximum(best, logits)
+        return best

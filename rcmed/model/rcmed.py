@@ -6,6 +6,7 @@
         --> mask logits, box, IoU, presence per target (many targets in one decoder pass)
     loop round t > 1: region_pooler(mask_{t-1}, levels) --> written into the <region> slots,
         LM re-reads --> refined states --> decoder again, with mask_{t-1} as its dense prompt
+        (`loop_residual`: the query is round 1's plus loop_delta(refined - round 1's states), zero at the start)
 
 This file holds no math of its own beyond the wiring; see `vision.py`, `decoder.py`,
 `correlation.py`, `losses.py`, `processing.py`.
@@ -67,6 +68,11 @@ class RCMedModel(nn.Module):
         self.projector = nn.Sequential(nn.Linear(v.neck_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.seg_query = SegQuery(hidden, v.neck_dim)
         self.region_pooler = RegionPooler(self.image_encoder.level_dims, hidden)
+        self.loop_delta = None
+        if cfg.loop_residual:  # zero at the start (as ControlNet's zero convolutions): round 2 asks as round 1 did
+            self.loop_delta = nn.Linear(hidden, v.neck_dim)
+            nn.init.zeros_(self.loop_delta.weight)
+            nn.init.zeros_(self.loop_delta.bias)
         self.processor = Processor(self.tokenizer, cfg.visual_grid**2)
         self._freeze()
 
@@ -149,6 +155,14 @@ class RCMedModel(nn.Module):
         return self.mask_decoder(feats.embedding, self.prompt_encoder.get_dense_pe(), sparse, dense,
                                  fine=feats.levels[0], image_index=image_index)
 
+    def round_query(self, first: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+        """The decoder query (K, C) of a loop round after the first, from round 1's states `first` (K, H) at the
+        targets' slots and the states after re-reading the region `later` (K, H): `seg_query(later)`, or with
+        `loop_residual` round 1's query plus `loop_delta(later - first)`."""
+        if self.loop_delta is None:
+            return self.seg_query(later)
+        return self.seg_query(first) + self.loop_delta(later - first)
+
     def _slots(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.nonzero(input_ids == self.processor.region_id, as_tuple=True)
 
@@ -167,7 +181,7 @@ class RCMedModel(nn.Module):
         for _ in range(1, rounds):
             prev = outs[-1].masks[:, 0]
             h = first_hidden if loop == "no-region" else self.reread(feats, input_ids, attention_mask, visual, prev, b_idx)
-            outs.append(self.decode(feats, self.seg_query(h[b_idx, pos]), b_idx,
+            outs.append(self.decode(feats, self.round_query(first_hidden[b_idx, pos], h[b_idx, pos]), b_idx,
                                     prev_logits=None if loop == "no-mask-prompt" else prev, boxes=boxes, points=points))
         return outs
 
@@ -327,11 +341,17 @@ class RCMedModel(nn.Module):
             save_file({k: v.contiguous() for k, v in self.trainable_state_dict().items()}, str(tmp))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "RCMedModel":
+    def from_pretrained(cls, folder: str | Path, **changes) -> "RCMedModel":
+        """The model saved in `folder`; `changes`: config fields to change first (e.g. `loop_residual=True`: a
+        part the saved weights lack is added as built, here zero)."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
         cfg = RCMedConfig.from_json((folder / "config.json").read_text())
+        for key, value in changes.items():
+            if not hasattr(cfg, key):
+                raise ValueError(f"no config field {key!r}")
+            setattr(cfg, key, value)
         model = cls(cfg)
         model.load_trainable(dict(load_file(str(folder / "model.safetensors"))))
         return model.eval()

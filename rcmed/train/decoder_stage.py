@@ -204,7 +204,7 @@ def _decode(model: RCMedModel, items: list[Item], rng: random.Random | None, rou
         else:
             hidden2 = torch.stack([it.hidden2[k] for it, k in zip(items, pick, strict=True)])
         prev = None if loop == "no-mask-prompt" else outs[0].masks[:, 0].detach()
-        outs.append(model.decode(feats, model.seg_query(hidden2), image_index, prev_logits=prev, boxes=boxes))
+        outs.append(model.decode(feats, model.round_query(hidden, hidden2), image_index, prev_logits=prev, boxes=boxes))
     return outs
 
 
@@ -247,52 +247,69 @@ def score(model: RCMedModel, items: list[Item], chunk: int = 16, rounds: int = 1
     return rows
 
 
+def path_logits(model: RCMedModel, part: list[Item], sam, paths: list[str], rounds: int = 1) -> torch.Tensor:
+    """(K, S, S) mask logits of the K questions of `part` (last loop round), each drawn by its mask path in
+    `paths` (`rcmed.postprocess.MASK_PATHS`, as `Predictor` draws them): "query", the text query into our decoder;
+    "box", the box our decoder predicts into LiteMedSAM's own decoder `sam`; "both", query and that box into ours
+    (in every round); "refine", one box per part of the query's mask (logit 0; specks left out) into `sam`, joined
+    (`LiteMedSAM.segment_components`; a query mask that is empty stays the query's logits). `sam` may be None
+    when no path needs it."""
+    from rcmed.postprocess import SPECK_FRACTION
+
+    size = model.config.vision.img_size
+    first = _decode(model, part, None, rounds)[-1]
+    logits = first.masks[:, 0].clone()
+    boxes = box_prompt_pixels(first.box, size)  # as the predictor
+    if "both" in paths:
+        redo = _decode(model, part, None, rounds, boxes=boxes)[-1].masks[:, 0]
+        for j, p in enumerate(paths):
+            if p == "both":
+                logits[j] = redo[j]
+    if "box" in paths or "refine" in paths:
+        feats = _features(list(dict.fromkeys(it.feature for it in part)))
+        index = {p: i for i, p in enumerate(dict.fromkeys(it.feature for it in part))}
+        for j, (it, p) in enumerate(zip(part, paths, strict=True)):
+            one = VisionFeatures(levels=[feats.levels[0][index[it.feature]][None]], embedding=feats.embedding[index[it.feature]][None])
+            if p == "box":
+                logits[j] = sam.segment_boxes(one, boxes[j:j + 1]).masks[0, 0]
+            elif p == "refine":
+                refined = sam.segment_components(one, first.masks[j, 0] > 0, min_fraction=SPECK_FRACTION)
+                if refined is not None:
+                    logits[j] = refined
+    return logits
+
+
 @torch.inference_mode()
 def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16, rounds: int = 1) -> list[tuple[str, dict[str, float]]]:
     """Per present question, Dice (at logit 0, model-input pixels) of each way from words to a mask
-    (`rcmed.postprocess.MASK_PATHS`, as `Predictor` runs them): "query" (the text query into our decoder), "box"
-    (the box our decoder predicts, as a box prompt into LiteMedSAM's own decoder `sam`) and "both" (query and
-    that box into ours, in every round). For `rcmed.postprocess.choose_mask_paths`."""
+    (`rcmed.postprocess.MASK_PATHS`, drawn by `path_logits`). For `rcmed.postprocess.choose_mask_paths`."""
+    from rcmed.postprocess import MASK_PATHS
+
     model.eval()
-    size = model.config.vision.img_size
     present = [it for it in items if it.mask is not None and bool(it.mask.any())]
     out: list[tuple[str, dict[str, float]]] = []
     for i in range(0, len(present), chunk):
         part = present[i:i + chunk]
-        first = _decode(model, part, None, rounds)[-1]
-        boxes = box_prompt_pixels(first.box, size)  # as the predictor
-        paths = list(dict.fromkeys(it.feature for it in part))
-        feats = _features(paths)
-        index = torch.tensor([paths.index(it.feature) for it in part])
-        per_item = VisionFeatures(levels=[feats.levels[0][index]], embedding=feats.embedding[index])
-        by_box = sam.segment_boxes(per_item, boxes)
-        both = _decode(model, part, None, rounds, boxes=boxes)[-1]
+        drawn = {p: path_logits(model, part, sam, [p] * len(part), rounds) for p in MASK_PATHS}
         for j, it in enumerate(part):
-            out.append((it.name, {"query": _dice(first.masks[j, 0] > 0, it.mask), "box": _dice(by_box.masks[j, 0] > 0, it.mask),
-                                  "both": _dice(both.masks[j, 0] > 0, it.mask)}))
+            out.append((it.name, {p: _dice(drawn[p][j] > 0, it.mask) for p in MASK_PATHS}))
     return out
 
 
 @torch.inference_mode()
 def mask_logits(model: RCMedModel, items: list[Item], paths: dict[str, str] | None = None, chunk: int = 16,
-                rounds: int = 1) -> list[tuple[Item, np.ndarray]]:
+                rounds: int = 1, sam=None) -> list[tuple[Item, np.ndarray]]:
     """Per present question, the mask logits (S, S) the model draws for it (last loop round), by the target's
-    mask path in `paths` (name key -> "query" or "both"; "query" when absent): what the mask threshold and the
-    component rules are chosen on (`rcmed.postprocess.choose_thresholds`, `choose_rules`)."""
+    mask path in `paths` (name key -> path; "query" when absent; `path_logits`, `sam` for "box" and "refine"):
+    what the mask threshold and the component rules are chosen on (`rcmed.postprocess.choose_thresholds`,
+    `choose_rules`)."""
     model.eval()
     paths = paths or {}
-    size = model.config.vision.img_size
     present = [it for it in items if it.mask is not None and bool(it.mask.any())]
     out: list[tuple[Item, np.ndarray]] = []
     for i in range(0, len(present), chunk):
         part = present[i:i + chunk]
-        first = _decode(model, part, None, rounds)[-1]
-        logits = first.masks[:, 0]
-        both = [j for j, it in enumerate(part) if paths.get(target_key(it.name), "query") == "both"]
-        if both:  # the box of the query's own answer, as a box prompt beside the query (as `score_paths`, `Predictor`)
-            redo = _decode(model, part, None, rounds, boxes=box_prompt_pixels(first.box, size))[-1].masks[:, 0]
-            logits = logits.clone()
-            logits[both] = redo[both]
+        logits = path_logits(model, part, sam, [paths.get(target_key(it.name), "query") for it in part], rounds)
         out += [(it, logits[j].float().numpy()) for j, it in enumerate(part)]
     return out
 
@@ -343,7 +360,8 @@ def train_decoder(model: RCMedModel, train: list[Item], val: list[Item], out: Pa
     out.mkdir(parents=True, exist_ok=True)
     # Only these are optimised; the rest keep `requires_grad` as the model set it (so the saved
     # trainable state is complete) but get no gradient: the cached states and features are leaves.
-    params = [p for p in [*model.seg_query.parameters(), *model.mask_decoder.parameters()] if p.requires_grad]
+    loop = [*model.loop_delta.parameters()] if model.loop_delta is not None else []
+    params = [p for p in [*model.seg_query.parameters(), *model.mask_decoder.parameters(), *loop] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     by_record: dict[str, list[Item]] = defaultdict(list)

@@ -74,3 +74,35 @@ def test_tampered_weights_are_refused(tmp_path):
     assert sha256(bad) != sha256(litemedsam_safetensors())
     with pytest.raises(WeightsError, match="refusing tampered weights"):
         load_litemedsam(bad)
+
+
+def test_segment_components_gives_each_part_its_own_box(model):
+    """The "refine" mask path's step: one box per connected part of a rough mask (specks under `min_fraction` of the
+    largest left out, at most `max_boxes`), LiteMedSAM's masks joined; an empty mask gives None."""
+    x = torch.from_numpy(reference_image())[None]
+    with torch.inference_mode():
+        feats = model.encode(x)
+    rough = torch.zeros(256, 256, dtype=torch.bool)
+    rough[100:170, 90:160] = True  # a rough square inside the bright disc (centre 135, 125; radius 55)
+    rough[5:7, 5:7] = True  # a speck in the far corner
+    seen = []
+
+    class Recording(LiteMedSAM):
+        def segment_boxes(self, features, boxes):
+            seen.append(boxes.tolist())
+            return super().segment_boxes(features, boxes)
+
+    rec = Recording()
+    rec.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        refined = rec.segment_components(feats, rough, min_fraction=0.1)
+        assert seen == [[[90.0, 100.0, 159.0, 169.0]]]  # the speck got no box
+        assert rec.segment_components(feats, torch.zeros(256, 256, dtype=torch.bool)) is None
+        both = rec.segment_components(feats, rough, max_boxes=None)
+        assert len(seen[-1]) == 2
+        first = rec.segment_components(feats, rough, max_boxes=1)
+    assert refined.shape == (256, 256)
+    m = refined > 0
+    assert m[135, 125] and not m[10, 10] and not m[6, 6]  # the part's object is drawn; the speck's corner is not
+    assert torch.equal(first, refined)  # the largest part only: the square, as with the speck left out
+    assert bool((both >= refined - 1e-3).all())  # joined: the maximum over the parts' masks (batched: float noise)

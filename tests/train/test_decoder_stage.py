@@ -58,11 +58,15 @@ def test_collect_train_and_keep_the_best_step(built, tmp_path):
     assert set(summary) == {val[0].dataset}
     assert all(0.0 <= r["presence"] <= 1.0 for r in rows)
 
+    from rcmed.model.medsam import LiteMedSAM
+
     class FilledBox:
-        """Stands in for LiteMedSAM's decoder: the box it is given, filled."""
+        """Stands in for LiteMedSAM's decoder: the box it is given, filled (for each part's box, joined)."""
+
+        segment_components = LiteMedSAM.segment_components
 
         def segment_boxes(self, feats, boxes):
-            assert feats.embedding.shape[0] == boxes.shape[0]  # one image's features per box
+            assert feats.embedding.shape[0] == 1  # one image's features, its boxes
             masks = torch.full((len(boxes), 1, 64, 64), -1.0)
             for k, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
                 masks[k, 0, y0:y1 + 1, x0:x1 + 1] = 1.0
@@ -71,7 +75,23 @@ def test_collect_train_and_keep_the_best_step(built, tmp_path):
     paths = ds.score_paths(model, val, FilledBox(), chunk=3)
     present = [it for it in val if it.mask is not None and bool(it.mask.any())]
     assert [n for n, _ in paths] == [it.name for it in present]
-    assert all(set(d) == {"query", "box", "both"} and all(0.0 <= v <= 1.0 for v in d.values()) for _, d in paths)
+    assert all(set(d) == {"query", "box", "both", "refine"} and all(0.0 <= v <= 1.0 for v in d.values()) for _, d in paths)
+    # "refine": each part of the query's mask (specks left out) as a filled box; an empty query mask stays the query's
+    query = ds.path_logits(model, present, None, ["query"] * len(present))
+    refined = ds.path_logits(model, present, FilledBox(), ["refine"] * len(present))
+    from rcmed.postprocess import drop_specks
+
+    for q, r in zip(query, refined, strict=True):
+        parts = drop_specks((q > 0).numpy())
+        if parts.any():
+            from scipy import ndimage as ndi
+
+            boxes = torch.zeros_like(r, dtype=torch.bool)
+            for sl in ndi.find_objects(ndi.label(parts)[0]):
+                boxes[sl] = True
+            assert torch.equal(r > 0, boxes)
+        else:
+            assert torch.equal(r, q)
     # the query path is the one `score` measures
     assert [d["query"] for _, d in paths] == pytest.approx([r["dice"] for r in rows if r["present"] and "dice" in r
                                                            and any(r["record"] == it.record for it in present)])
@@ -145,3 +165,32 @@ def test_loop_items_are_the_second_round_the_model_runs(built, tmp_path):
                      seed=0, rounds=2)
     after = model.trainable_state_dict()
     assert {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])} <= {"mask_decoder", "seg_query"}
+
+
+def test_a_residual_loop_starts_as_round_one_and_learns_what_the_region_adds(built, tmp_path):
+    """`loop_residual`: round 2's query is round 1's plus a correction from what re-reading the region changed,
+    zero at the start, so the full loop equals the loop without the region fed back until training moves it; a
+    two-round stage trains the correction, and it survives a save."""
+    torch.manual_seed(0)
+    cfg = RCMedConfig.tiny()
+    cfg.freeze_vision = True
+    base = RCMedModel(cfg).eval()
+    cfg2 = RCMedConfig.tiny()
+    cfg2.freeze_vision, cfg2.loop_residual = True, True
+    model = RCMedModel(cfg2).eval()
+    model.load_trainable(base.trainable_state_dict())  # a one-round model's weights, the correction new and zero
+    cache = FeatureCache(tmp_path / "cache", model.image_encoder)
+    items = ds.collect_items(model, [str(built)], "val", cache, seed=1, loop=True)
+    full = ds._decode(model, items, None, rounds=2)[-1]
+    no_region = ds._decode(model, items, None, rounds=2, loop="no-region")[-1]
+    assert torch.equal(full.masks, no_region.masks)  # zero correction: the region read back changes nothing yet
+    assert not torch.equal(ds._decode(base, items, None, rounds=2)[-1].masks, full.masks)  # the plain loop re-asks
+    ds.train_decoder(model, items, items, tmp_path / "run", 3, records_per_step=2, lr=5e-3, warmup=1, eval_every=10,
+                     seed=0, rounds=2)
+    assert float(model.loop_delta.weight.detach().abs().sum()) > 0  # trained
+    full = ds._decode(model, items, None, rounds=2)[-1]
+    assert not torch.allclose(full.masks, ds._decode(model, items, None, rounds=2, loop="no-region")[-1].masks)
+    model.config.loop_rounds = 2
+    model.save_pretrained(tmp_path / "m")
+    again = RCMedModel.from_pretrained(tmp_path / "m")
+    assert again.config.loop_residual and torch.equal(again.loop_delta.weight, model.loop_delta.weight)
