@@ -247,38 +247,50 @@ def loop_lines() -> list[str]:
     return lines
 
 
-def loop_stage_lines() -> list[str]:
-    """The closed loop's ablation on every validation question of the two-round decoder stage (`loopstage`), when
-    the shipped weights come from one, else of a two-round stage tried and not shipped (eval/tried_*), with its
-    validation history: Dice per variant and the paired differences with their intervals."""
-    found = [EVAL / f"{name}_loop_ablation.json" for name in stages() if (EVAL / f"{name}_loop_ablation.json").is_file()]
-    tried = sorted(EVAL.glob("tried_*_loop_ablation.json"))
-    if found:
-        ab = json.loads(found[-1].read_text())
-        lines = [f"On every real validation question of the two-round stage ({ab['questions']} questions, the stage's own "
-                 f"words; `python scripts/train_default.py loopstage`):", ""]
-    elif tried:  # a two-round stage trained and not shipped: what it gave, so the design tried is on record
-        ab = json.loads(tried[-1].read_text())
-        name = tried[-1].name.split("_")[1]
-        history = EVAL / f"tried_{name}_val_history.json"
-        summary = EVAL / f"tried_{name}_val_summary.json"
-        steps = json.loads(history.read_text()) if history.is_file() else []
-        ruled = json.loads(summary.read_text()).get("mean_dice_with_rules") if summary.is_file() else None
-        lines = [f"**A trained second round, tried and not shipped** (`{name}`: the two-round decoder stage from the shipped "
-                 f"weights, both rounds trained; `python scripts/train_default.py {name}`, then `loopstage --run {name}`). "
-                 "Its validation mean Dice (two rounds) by step: "
-                 + ", ".join(f"{h['step']}: {_fmt(h['mean_dice'])}" for h in steps)
-                 + (f"; with its own rules chosen on the same questions, {_fmt(ruled)}" if ruled is not None else "")
-                 + f". On every real validation question of the stage ({ab['questions']} questions, \"Segment the X.\"):", ""]
-    else:
-        return []
+TRIED_DESIGNS = {  # what each two-round stage tried (its recipe step's docstring in scripts/train_default.py says more)
+    "real5": "both rounds trained; round 2 asks the decoder from the language model's state after it re-read round 1's region, "
+             "with round 1's mask as the decoder's prompt",
+    "real6": "the region fed back as a residual: round 2's query is round 1's plus a learnt correction from what the re-read "
+             "changed in the language model's state, zero at the start (`loop_residual`), with round 1's mask as the prompt",
+}
+
+
+def _ablation_lines(ab: dict) -> list[str]:
     variants = ab["variants"]
-    lines += ["| variant | mean Dice over datasets | present acc. | absent acc. (model decides) |", "|---|---|---|---|"]
+    lines = ["| variant | mean Dice over datasets | present acc. | absent acc. (model decides) |", "|---|---|---|---|"]
     lines += [f"| {k} | {_fmt(v['mean_dice_over_datasets'])} | {_fmt(v['present_accuracy'])} | "
               f"{_fmt(v['absent_accuracy'])} ({v['absent_questions']}) |" for k, v in variants.items()]
     lines += ["", "Paired differences on the same present questions (95% bootstrap interval): "
               + "; ".join(f"{p['variant']} − {p['minus']}: {p['mean_difference']:+.3f} [{p['ci_low']:+.3f}, "
                           f"{p['ci_high']:+.3f}] over {p['questions']}" for p in ab["paired"]) + ".", ""]
+    return lines
+
+
+def loop_stage_lines() -> list[str]:
+    """The closed loop's ablation on every validation question of the two-round decoder stage (`loopstage`), when
+    the shipped weights come from one; then every two-round stage tried and not shipped (eval/tried_*), with its
+    design and validation history: Dice per variant and the paired differences with their intervals."""
+    found = [EVAL / f"{name}_loop_ablation.json" for name in stages() if (EVAL / f"{name}_loop_ablation.json").is_file()]
+    lines: list[str] = []
+    if found:
+        ab = json.loads(found[-1].read_text())
+        lines += [f"On every real validation question of the two-round stage ({ab['questions']} questions, the stage's own "
+                  f"words; `python scripts/train_default.py loopstage`):", "", *_ablation_lines(ab)]
+    for path in sorted(EVAL.glob("tried_*_loop_ablation.json")):  # trained and not shipped: the designs tried, on record
+        ab = json.loads(path.read_text())
+        name = path.name.split("_")[1]
+        history = EVAL / f"tried_{name}_val_history.json"
+        summary = EVAL / f"tried_{name}_val_summary.json"
+        steps = json.loads(history.read_text()) if history.is_file() else []
+        ruled = json.loads(summary.read_text()).get("mean_dice_with_rules") if summary.is_file() else None
+        design = TRIED_DESIGNS.get(name, "a two-round stage")
+        lines += [f"**A trained second round, tried and not shipped: `{name}`** ({design}; from the shipped weights, "
+                  f"`python scripts/train_default.py {name}`, then `loopstage --run {name}`). "
+                  "Its validation mean Dice (two rounds) by step: "
+                  + ", ".join(f"{h['step']}: {_fmt(h['mean_dice'])}" for h in steps)
+                  + (f"; with its own rules chosen on the same questions, {_fmt(ruled)}" if ruled is not None else "")
+                  + f". On every real validation question of the stage ({ab['questions']} questions, \"Segment the X.\"):", "",
+                  *_ablation_lines(ab)]
     return lines
 
 
