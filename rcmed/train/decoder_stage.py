@@ -247,42 +247,51 @@ def score(model: RCMedModel, items: list[Item], chunk: int = 16, rounds: int = 1
     return rows
 
 
-def path_logits(model: RCMedModel, part: list[Item], sam, paths: list[str], rounds: int = 1) -> torch.Tensor:
-    """(K, S, S) mask logits of the K questions of `part` (last loop round), each drawn by its mask path in
-    `paths` (`rcmed.postprocess.MASK_PATHS`, as `Predictor` draws them): "query", the text query into our decoder;
-    "box", the box our decoder predicts into LiteMedSAM's own decoder `sam`; "both", query and that box into ours
-    (in every round); "refine", one box per part of the query's mask (logit 0; specks left out) into `sam`, joined
-    (`LiteMedSAM.segment_components`; a query mask that is empty stays the query's logits). `sam` may be None
-    when no path needs it."""
+def _draw(model: RCMedModel, part: list[Item], sam, wanted: list[set[str]], rounds: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Per question of `part`, the (S, S) mask logits (last loop round) of each mask path in its set of `wanted` paths
+    (`rcmed.postprocess.MASK_PATHS`, as `Predictor` draws them): "query", the text query into our decoder; "box", the
+    box our decoder predicts into LiteMedSAM's own decoder `sam`; "both", query and that box into ours (in every
+    round); "refine", one box per part of the query's mask (logit 0; specks left out) into `sam`, joined
+    (`LiteMedSAM.segment_components`; a query mask that is empty stays the query's logits). Round 1 is decoded once
+    for every path; `sam` may be None when no path needs it."""
     from rcmed.postprocess import SPECK_FRACTION
 
-    size = model.config.vision.img_size
     first = _decode(model, part, None, rounds)[-1]
-    logits = first.masks[:, 0].clone()
-    boxes = box_prompt_pixels(first.box, size)  # as the predictor
-    if "both" in paths:
-        redo = _decode(model, part, None, rounds, boxes=boxes)[-1].masks[:, 0]
-        for j, p in enumerate(paths):
-            if p == "both":
-                logits[j] = redo[j]
-    if "box" in paths or "refine" in paths:
-        feats = _features(list(dict.fromkeys(it.feature for it in part)))
-        index = {p: i for i, p in enumerate(dict.fromkeys(it.feature for it in part))}
-        for j, (it, p) in enumerate(zip(part, paths, strict=True)):
-            one = VisionFeatures(levels=[feats.levels[0][index[it.feature]][None]], embedding=feats.embedding[index[it.feature]][None])
-            if p == "box":
-                logits[j] = sam.segment_boxes(one, boxes[j:j + 1]).masks[0, 0]
-            elif p == "refine":
-                refined = sam.segment_components(one, first.masks[j, 0] > 0, min_fraction=SPECK_FRACTION)
-                if refined is not None:
-                    logits[j] = refined
-    return logits
+    query = first.masks[:, 0]
+    boxes = box_prompt_pixels(first.box, model.config.vision.img_size)  # as the predictor
+    redo = _decode(model, part, None, rounds, boxes=boxes)[-1].masks[:, 0] if any("both" in w for w in wanted) else None
+    feats = index = None
+    if any(w & {"box", "refine"} for w in wanted):
+        index = {f: i for i, f in enumerate(dict.fromkeys(it.feature for it in part))}
+        feats = _features(list(index))
+    drawn: list[dict[str, torch.Tensor]] = []
+    for j, (it, want) in enumerate(zip(part, wanted, strict=True)):
+        out = {"query": query[j]} if "query" in want else {}
+        if "both" in want:
+            out["both"] = redo[j]
+        if want & {"box", "refine"}:
+            k = index[it.feature]
+            one = VisionFeatures(levels=[feats.levels[0][k][None]], embedding=feats.embedding[k][None])
+            if "box" in want:
+                out["box"] = sam.segment_boxes(one, boxes[j:j + 1]).masks[0, 0]
+            if "refine" in want:
+                refined = sam.segment_components(one, query[j] > 0, min_fraction=SPECK_FRACTION)
+                out["refine"] = query[j] if refined is None else refined
+        drawn.append(out)
+    return drawn
+
+
+def path_logits(model: RCMedModel, part: list[Item], sam, paths: list[str], rounds: int = 1) -> torch.Tensor:
+    """(K, S, S) mask logits of the K questions of `part` (last loop round), each drawn by its mask path in `paths`
+    (`_draw`)."""
+    drawn = _draw(model, part, sam, [{p} for p in paths], rounds)
+    return torch.stack([d[p] for d, p in zip(drawn, paths, strict=True)])
 
 
 @torch.inference_mode()
 def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16, rounds: int = 1) -> list[tuple[str, dict[str, float]]]:
     """Per present question, Dice (at logit 0, model-input pixels) of each way from words to a mask
-    (`rcmed.postprocess.MASK_PATHS`, drawn by `path_logits`). For `rcmed.postprocess.choose_mask_paths`."""
+    (`rcmed.postprocess.MASK_PATHS`, all drawn by one `_draw`). For `rcmed.postprocess.choose_mask_paths`."""
     from rcmed.postprocess import MASK_PATHS
 
     model.eval()
@@ -290,9 +299,8 @@ def score_paths(model: RCMedModel, items: list[Item], sam, chunk: int = 16, roun
     out: list[tuple[str, dict[str, float]]] = []
     for i in range(0, len(present), chunk):
         part = present[i:i + chunk]
-        drawn = {p: path_logits(model, part, sam, [p] * len(part), rounds) for p in MASK_PATHS}
-        for j, it in enumerate(part):
-            out.append((it.name, {p: _dice(drawn[p][j] > 0, it.mask) for p in MASK_PATHS}))
+        drawn = _draw(model, part, sam, [set(MASK_PATHS)] * len(part), rounds)
+        out += [(it.name, {p: _dice(d[p] > 0, it.mask) for p in MASK_PATHS}) for it, d in zip(part, drawn, strict=True)]
     return out
 
 
