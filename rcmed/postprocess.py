@@ -16,6 +16,11 @@ logit (the mean over the averaged mirrors) exceeds the target's threshold, 0 (pr
 another value on `THRESHOLDS` raised the target's mean validation Dice. A model that outlines a
 target into a bright neighbour with weak logits, or draws it too thin, is corrected per target,
 not for all. nnU-Net has no such step (its softmax argmax is its cut); MedSAM and SAM cut at 0.
+
+A target asked on more than one modality (nuclei in fluorescence microscopy and in H&E pathology) can
+want other rules on each: a cut that suits bright nuclei on black may paint the tissue around dark
+nuclei on pink. Its rules are then chosen per modality, under the key `rule_key(name, modality)`
+("nuclei@pathology"), and `PostprocessRules.for_modality` gives the rules an image of that modality uses.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from rcmed.eval.metrics import dice
+from rcmed.io.image import Modality
 from rcmed.tta import allowed
 from rcmed.vocabulary import target_key
 
@@ -42,6 +48,19 @@ THRESHOLDS = tuple(np.arange(-3.0, 6.01, 0.5))  # candidate mask-logit cuts (sig
 # (specks left out), each into LiteMedSAM's own decoder, the masks joined: our words find the parts,
 # LiteMedSAM draws their edges (as it does from a true box, `rcmed.eval.baselines.LiteMedSAMComponentBoxes`).
 MASK_PATHS = ("query", "box", "both", "refine")
+MODALITY_SEP = "@"  # "nuclei@pathology": the rules of a target chosen on images of one modality
+
+
+def rule_key(name: str, modality: str | None = None) -> str:
+    """The key of target `name`'s rules: its `target_key`, or with `modality` the key of the rules chosen for
+    that modality alone ("nuclei@pathology")."""
+    key = target_key(name)
+    return f"{key}{MODALITY_SEP}{target_key(modality)}" if modality else key
+
+
+def base_name(key: str) -> str:
+    """The target name of a rule key ("nuclei@pathology" -> "nuclei")."""
+    return key.split(MODALITY_SEP, 1)[0]
 
 
 def keep_largest(mask: np.ndarray) -> np.ndarray:
@@ -88,6 +107,31 @@ class PostprocessRules:
     mask_path_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
     presence_cuts: dict[str, float] = field(default_factory=dict)
     presence_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def for_modality(self, modality: str | None) -> PostprocessRules:
+        """The rules an image of `modality` uses: a target's general rules, with those chosen for that modality
+        alone ("nuclei@pathology") in their place; rules chosen for other modalities are left out. The evidence
+        stays whole, for the audit."""
+        mine = MODALITY_SEP + target_key(modality) if modality else None
+
+        def own(key: str) -> bool:
+            return mine is not None and key.endswith(mine)
+
+        def pick(table: dict) -> dict:
+            return {**{k: v for k, v in table.items() if MODALITY_SEP not in k},
+                    **{base_name(k): v for k, v in table.items() if own(k)}}
+
+        def names(rule: list[str]) -> list[str]:  # a component rule for this modality; none where its own table chose none
+            split = {base_name(k) for k in self.evidence if own(k)}
+            return sorted({*(k for k in rule if MODALITY_SEP not in k and k not in split),
+                           *(base_name(k) for k in rule if own(k))})
+
+        return PostprocessRules(
+            keep_largest=names(self.keep_largest), drop_specks=names(self.drop_specks), flips=pick(self.flips),
+            thresholds=pick(self.thresholds), evidence=self.evidence, flip_evidence=self.flip_evidence,
+            threshold_evidence=self.threshold_evidence, mask_paths=pick(self.mask_paths),
+            mask_path_evidence=self.mask_path_evidence, presence_cuts=pick(self.presence_cuts),
+            presence_evidence=self.presence_evidence)
 
     def presence_for(self, name: str, default: float = 0.5) -> float:
         """The presence probability at or above which target `name` is called present (`default` unless
@@ -144,6 +188,10 @@ class PostprocessRules:
             odd = [n for n, v in paths.items() if v not in MASK_PATHS]
             if odd:
                 raise ValueError(f"mask path of {odd[0]!r} is {paths[odd[0]]!r}, not one of {MASK_PATHS}")
+            known = {m.value for m in Modality}
+            for key in (*flips, *cuts, *pcuts, *paths, *data.get("keep_largest", []), *data.get("drop_specks", [])):
+                if MODALITY_SEP in str(key) and str(key).split(MODALITY_SEP, 1)[1] not in known:
+                    raise ValueError(f"rule key {key!r} names no modality RCMed knows ({', '.join(sorted(known))})")
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: unreadable post-processing rules ({err})") from None
         return cls(keep_largest=[str(n) for n in data.get("keep_largest", [])],

@@ -309,26 +309,27 @@ class Predictor:
             self._last = (request, gen)
         spacing = self._image.spacing
         by_words = boxes is None and points is None
-        paths = [(mask_path or self.rules.mask_path_for(t.name)) if by_words else "query" for t in gen.targets]
+        rules = self.rules.for_modality(self._image.modality.value)  # a target's rules for this modality, where chosen apart
+        paths = [(mask_path or rules.mask_path_for(t.name)) if by_words else "query" for t in gen.targets]
         boxed = self._box_prompted(prompt, gen, paths, rounds, loop)
         targets = []
         for k, t in enumerate(gen.targets):
-            present = t.presence >= self.rules.presence_for(t.name, self.presence_threshold)
+            present = t.presence >= rules.presence_for(t.name, self.presence_threshold)
             mask = None
             # the target's cut was chosen on the logits of its own path (the rules'), not on another one's
-            cut = self.rules.threshold_for(t.name) if by_words and paths[k] == self.rules.mask_path_for(t.name) else 0.0
+            cut = rules.threshold_for(t.name) if by_words and paths[k] == rules.mask_path_for(t.name) else 0.0
             if present and paths[k] != "query":
                 logits = source_logits(boxed[k], self._geom)
-                mask = self.rules.apply(t.name, (logits > cut).numpy())
+                mask = rules.apply(t.name, (logits > cut).numpy())
             elif present:
-                mirrors = (self.rules.flips_for(t.name) if flips is None else allowed(t.name, flips)) if by_words else ()
+                mirrors = (rules.flips_for(t.name) if flips is None else allowed(t.name, flips)) if by_words else ()
                 logits, views = source_logits(t.mask_logits, self._geom), 1  # (H, W)
                 for f in mirrors:
                     mirrored = self._mirror_logits(prompt, gen.answer, f, rounds, loop)
                     if k < len(mirrored):  # (an answer cut at max_new_tokens right after a <seg> has one slot less)
                         logits, views = logits + mirrored[k], views + 1
                 logits = logits / views  # the mean over the image and the mirrors that answered
-                mask = self.rules.apply(t.name, (logits > cut).numpy())
+                mask = rules.apply(t.name, (logits > cut).numpy())
             if mask is not None and not mask.any():
                 mask, present = None, False  # "present" with an empty mask is reported as not found
             area = int(mask.sum()) if mask is not None else None
@@ -496,8 +497,10 @@ class Predictor:
         masks = np.zeros((len(names), *stack.slices.shape[:3]), bool)
         presence = np.zeros((len(names), n))
         scores = np.zeros((len(names), n))
-        cuts = [self.rules.threshold_for(name) for name in names]  # the folder's mask-logit cut per target
-        pcuts = [self.rules.presence_for(name, self.presence_threshold) for name in names]
+        rules = self.rules.for_modality(vol.modality.value)  # a target's rules for this modality, where chosen apart
+        # the folder's mask-logit cut per target, where it was chosen on the query's logits (the path decoded here)
+        cuts = [rules.threshold_for(name) if rules.mask_path_for(name) == "query" else 0.0 for name in names]
+        pcuts = [rules.presence_for(name, self.presence_threshold) for name in names]
         for start in tqdm(range(0, n, batch_slices), desc="slices", disable=not progress, leave=False):
             idx = list(range(start, min(start + batch_slices, n)))
             batch = torch.stack([prepare_image(norm[i], self.size)[0] for i in idx])
@@ -513,7 +516,7 @@ class Predictor:
         voxel_ml = float(np.prod(vol.spacing)) / 1000.0 if vol.spacing else None
         targets = []
         for t, name in enumerate(names):
-            m3 = self.rules.apply(name, from_slices(masks[t], stack))
+            m3 = rules.apply(name, from_slices(masks[t], stack))
             present = bool(m3.any())
             targets.append(Target(
                 name=name, present=present, score=float(scores[t][presence[t] >= pcuts[t]].mean()) if present else 0.0,

@@ -28,6 +28,7 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
     python scripts/train_default.py realdata     # convert (pairs, by patient) + describe -> data/real-built; 250 phantoms
     python scripts/train_default.py real1        # continue the phantom weights on real train splits + phantoms
     python scripts/train_default.py realunet     # the U-Net reference on the same train splits (one thread)
+    python scripts/train_default.py unetcurve    # does its budget converge? twice the budget, scored on validation
     python scripts/train_default.py realval --models A B   # compare models on the validation splits
     python scripts/train_default.py maskpath     # presence cut and mask path per target from realval's answers
                                                  # -> runs/default-real1/model/postprocess.json (shipped by export_real)
@@ -510,7 +511,8 @@ def _rules(model, run: Path, val: list) -> dict[str, object]:
     masks the choices before it give (the order `Predictor` applies them). Each of these three choices is kept
     only if its gain also holds in each half of the questions (split by a hash of the record id,
     `rcmed.postprocess.holds_in_each_fold`): real4's rules, chosen without that check, raised validation Dice by
-    0.014 and not test Dice. Returns the validation summary at
+    0.014 and not test Dice. A target asked on images of more than one modality gets its rules per modality
+    (`by_modality_where_apart`). Returns the validation summary at
     0.5, with the cuts, and with every rule, over all questions and over those the model decides."""
     from rcmed.data.store import iter_records
     from rcmed.eval.metrics import dice
@@ -523,11 +525,21 @@ def _rules(model, run: Path, val: list) -> dict[str, object]:
         choose_thresholds,
         target_key,
     )
-    from rcmed.train.decoder_stage import dataset_of, mask_logits, mean_dice, reaching_model, score, score_paths, summarise
+    from rcmed.train.decoder_stage import (
+        by_modality_where_apart,
+        dataset_of,
+        mask_logits,
+        mean_dice,
+        reaching_model,
+        score,
+        score_paths,
+        summarise,
+    )
 
     modality_of = {dataset_of(r): r.modality for store in ("real-built", "phantoms-11-built")
                    for r in iter_records(DATA / store)}
     taught = json.loads((run / "model" / "targets.json").read_text())
+    val = by_modality_where_apart(val, modality_of)
     rounds = model.config.loop_rounds
     rows = score(model, val, rounds=rounds)
     decided = reaching_model(rows, taught, modality_of)
@@ -637,7 +649,8 @@ def loopstage(name: str = "real5") -> None:
     result: dict[str, object] = {"questions": len(val), "variants": {}}
     for label, (rounds, loop) in LOOP_STAGE_VARIANTS.items():
         rows = score(model, val, rounds=rounds, loop=loop)
-        called = {(r["record"], r["name"]): r["presence"] >= rules.presence_for(str(r["name"])) for r in rows}
+        called = {(r["record"], r["name"]): r["presence"] >= rules.for_modality(modality_of[str(r["dataset"])])
+                  .presence_for(str(r["name"])) for r in rows}
         per[label] = {(r["record"], r["name"]): (r["dice"] if called[(r["record"], r["name"])] else 0.0)
                       for r in rows if r["present"]}
         by_ds: dict[str, list[float]] = {}
@@ -771,6 +784,51 @@ def realunet() -> None:
     t0 = time.time()
     net = UNetBaseline(DATA / "real-built", budget_s=UNET_BUDGET_S, size=UNET_SIZE, weights=UNET_WEIGHTS)
     print(f"U-Net: {net.steps} steps of 8 images at {UNET_SIZE} px in {time.time() - t0:.0f} s -> {UNET_WEIGHTS}")
+
+
+UNET_CURVE_FACTOR, UNET_CURVE_EVERY = 2.0, 1000  # the convergence check: twice the budget, scored every 1000 steps
+
+
+def unetcurve() -> None:
+    """Is UNET_BUDGET_S enough for the U-Net reference to converge? Train it as `realunet` does (one thread, the same
+    seed and batches) for UNET_CURVE_FACTOR times the budget, scoring it every UNET_CURVE_EVERY steps on the real
+    validation records (REAL_TEST_PER_DATASET per dataset; Dice per present question, averaged per dataset, then over
+    datasets) -> eval/real_val_unet_curve.json with the reference's own header (its steps in the budget)."""
+    import torch
+    from safetensors import safe_open
+
+    from rcmed.data.store import iter_records, read_sample
+    from rcmed.eval.baselines import UNetBaseline
+    from rcmed.eval.harness import _per_dataset, record_image, record_truths
+    from rcmed.eval.metrics import dice
+    from rcmed.io.normalize import normalize
+
+    torch.set_num_threads(1)
+    store = DATA / "real-built"
+    questions = []  # (dataset, normalised image, name, true mask) of every present question
+    for rec in _per_dataset(list(iter_records(store, split="val")), REAL_TEST_PER_DATASET):
+        sample = read_sample(store, rec)
+        x = normalize(record_image(rec, sample))
+        questions += [(rec.source, x, n, t) for n, t in record_truths(rec, sample).items() if t is not None and t.any()]
+    curve = []
+
+    def score(net: UNetBaseline, seconds: float) -> None:
+        by: dict[str, list[float]] = {}
+        for src, x, name, true in questions:
+            by.setdefault(src, []).append(dice(net.predict(x, name, true.shape), true))
+        per = {d: round(float(np.mean(v)), 4) for d, v in sorted(by.items())}
+        curve.append({"steps": net.steps, "seconds": round(seconds), "mean_dice": round(float(np.mean(list(per.values()))), 4),
+                      "datasets": per})
+        print(f"U-Net curve: {net.steps} steps, {seconds:.0f} s, validation mean Dice {curve[-1]['mean_dice']:.4f}", flush=True)
+
+    t0 = time.time()
+    UNetBaseline(store, budget_s=UNET_CURVE_FACTOR * UNET_BUDGET_S, size=UNET_SIZE, checkpoint=score,
+                 checkpoint_every=UNET_CURVE_EVERY)
+    with safe_open(str(UNET_WEIGHTS), "pt") as fh:
+        reference = {k: v for k, v in fh.metadata().items() if k != "names"}
+    out = {"reference": reference, "factor": UNET_CURVE_FACTOR, "questions": len(questions), "curve": curve}
+    (WEIGHTS / "eval" / "real_val_unet_curve.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"U-Net curve: {len(curve)} points in {time.time() - t0:.0f} s; the reference stopped at {reference['steps']} steps")
 
 
 def realtest() -> None:
@@ -937,7 +995,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "real6": real6, "loopstage": loopstage, "rules": rules, "reship": reship, "modality": modality, "realunet": realunet, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
+         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "real6": real6, "loopstage": loopstage, "rules": rules, "reship": reship, "modality": modality, "realunet": realunet, "unetcurve": unetcurve, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 

@@ -125,9 +125,9 @@ def test_predictor_applies_the_rule_to_its_masks(tiny_trained, monkeypatch):
     assert kept.area_px < raw.area_px and kept.mask[0, -1] == 0 and raw.mask[0, -1]
 
 
-def test_predictor_cuts_masks_at_the_targets_threshold(tiny_trained, monkeypatch):
-    """A weak spill (logit 2) next to a strong target (logit 9): the folder's cut of 3 for that name
-    removes it from prompts by words; another name's cut, or a box prompt, leave the cut at 0."""
+def _spilling_ct_predictor(tiny_trained, monkeypatch) -> Predictor:
+    """A predictor on a CT phantom whose every target is a strong square (logit 9) with a weak spill (logit 2)
+    of the same size beside it, presence 0.9."""
     from rcmed.data.synth import synth
 
     predictor = Predictor.from_pretrained(tiny_trained)
@@ -144,6 +144,13 @@ def test_predictor_cuts_masks_at_the_targets_threshold(tiny_trained, monkeypatch
         return gen
 
     monkeypatch.setattr(predictor.model, "generate", spill)
+    return predictor
+
+
+def test_predictor_cuts_masks_at_the_targets_threshold(tiny_trained, monkeypatch):
+    """A weak spill (logit 2) next to a strong target (logit 9): the folder's cut of 3 for that name
+    removes it from prompts by words; another name's cut, or a box prompt, leave the cut at 0."""
+    predictor = _spilling_ct_predictor(tiny_trained, monkeypatch)
     raw = predictor.predict("Segment the liver.").targets[0]
     predictor.rules = PostprocessRules(thresholds={"spleen": 3.0})
     assert predictor.predict("Segment the liver.").targets[0].area_px == raw.area_px  # another name's cut
@@ -302,3 +309,53 @@ def test_predictor_refine_path_boxes_each_part_of_the_query_mask(tiny_trained):
     assert refined.mask.sum() >= query.mask.sum() and (refined.mask <= np.pad(boxes, 2)[2:-2, 2:-2] | boxes).all()
     predictor.rules = PostprocessRules(presence_cuts={"liver": 0.001}, mask_paths={"liver": "refine"}, thresholds={"liver": 3.0})
     assert predictor.predict("Segment the liver.").targets[0].mask is None  # the cut is the path's: 2 < 3, nothing left
+
+
+def test_rules_chosen_per_modality_replace_the_general_ones_on_that_modality_only(tmp_path):
+    """"nuclei@pathology" rules serve pathology images; microscopy images get theirs, a third modality the
+    general ones; a modality-keyed file survives a save, and a key naming no modality is refused on load."""
+    from rcmed.postprocess import base_name, rule_key
+
+    assert rule_key("The Nuclei", "pathology") == "the nuclei@pathology" and base_name("nuclei@pathology") == "nuclei"
+    rules = PostprocessRules(thresholds={"nuclei@pathology": 1.5, "nuclei@microscopy": -1.0, "liver": 2.0},
+                             mask_paths={"nuclei@pathology": "refine"}, presence_cuts={"nuclei": 0.3},
+                             drop_specks=["nuclei@microscopy", "liver"],
+                             evidence={"nuclei@pathology": {"cases": 4}, "nuclei@microscopy": {"cases": 9}})
+    path, micro, ct = rules.for_modality("pathology"), rules.for_modality("microscopy"), rules.for_modality("ct")
+    assert path.threshold_for("nuclei") == 1.5 and micro.threshold_for("nuclei") == -1.0 and ct.threshold_for("nuclei") == 0.0
+    assert path.mask_path_for("Nuclei") == "refine" and micro.mask_path_for("nuclei") == "query"
+    assert path.presence_for("nuclei") == micro.presence_for("nuclei") == 0.3  # no cut of its own: the general one
+    assert micro.drop_specks == ["liver", "nuclei"] and path.drop_specks == ["liver"]
+    assert path.threshold_for("liver") == 2.0 and rules.for_modality(None).thresholds == {"liver": 2.0}
+    rules.save(tmp_path)
+    assert PostprocessRules.load(tmp_path).for_modality("pathology").threshold_for("nuclei") == 1.5
+    (tmp_path / FILE).write_text('{"thresholds": {"nuclei@histology": 1.0}}')
+    with pytest.raises(ValueError, match="names no modality"):
+        PostprocessRules.load(tmp_path)
+
+
+def test_targets_seen_on_two_modalities_get_rules_per_modality():
+    """A target whose present validation questions come from two modalities is keyed per modality (absent
+    questions too, by their image's modality); one seen on a single modality keeps its name."""
+    from rcmed.train.decoder_stage import Item, by_modality_where_apart
+
+    def item(dataset, name, present):
+        mask = torch.ones(4, 4, dtype=torch.bool) if present else None
+        return Item(record=f"{dataset}-{name}", dataset=dataset, name=name, feature="f", hidden=torch.zeros(1, 2), mask=mask)
+
+    modality_of = {"DSB": "microscopy", "MoNuSeg": "pathology", "MSD": "ct", "phantom-ct": "ct"}
+    items = [item("DSB", "nuclei", True), item("MoNuSeg", "Nuclei", True), item("MoNuSeg", "nuclei", False),
+             item("MSD", "liver", True), item("phantom-ct", "liver", True)]
+    keyed = by_modality_where_apart(items, modality_of)
+    assert [it.name for it in keyed] == ["nuclei@microscopy", "nuclei@pathology", "nuclei@pathology", "liver", "liver"]
+    assert keyed[0].hidden is items[0].hidden and items[0].name == "nuclei"  # new items, the tensors shared
+
+
+def test_predictor_uses_the_rules_of_its_images_modality(tiny_trained, monkeypatch):
+    """A cut chosen for the liver on CT cuts a CT image's mask; one chosen for MRI leaves it as drawn."""
+    predictor = _spilling_ct_predictor(tiny_trained, monkeypatch)
+    raw = predictor.predict("Segment the liver.").targets[0]
+    predictor.rules = PostprocessRules(thresholds={"liver@mri": 3.0})
+    assert predictor.predict("Segment the liver.").targets[0].area_px == raw.area_px
+    predictor.rules = PostprocessRules(thresholds={"liver@ct": 3.0})
+    assert 0.4 < predictor.predict("Segment the liver.").targets[0].area_px / raw.area_px < 0.6

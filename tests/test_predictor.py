@@ -110,6 +110,13 @@ def test_predict_volume_assembles_3d_masks_with_volume(predictor, monkeypatch):
     monkeypatch.setattr(predictor, "rules", PostprocessRules(thresholds={"liver": 4.0}))  # a folder's higher cut
     (cut,) = predictor.predict_volume(ph.image, "Segment the liver.", batch_slices=5).targets
     assert 0 < cut.volume_ml < liver.volume_ml and not (cut.mask & ~liver.mask).any()
+    # a cut chosen on another path's logits (the volume is decoded by the query) is not applied to the query's;
+    # one chosen for the liver on MRI is not applied to a CT
+    for rules in (PostprocessRules(thresholds={"liver": 4.0}, mask_paths={"liver": "box"}),
+                  PostprocessRules(thresholds={"liver@mri": 4.0})):
+        monkeypatch.setattr(predictor, "rules", rules)
+        (same,) = predictor.predict_volume(ph.image, "Segment the liver.", batch_slices=5).targets
+        assert same.volume_ml == liver.volume_ml
 
 
 def test_bad_prompts_and_boxes(predictor):

@@ -32,3 +32,27 @@ def test_a_changed_result_changes_the_card(tmp_path, monkeypatch):
     assert not real_card.write_block(card, "new", check=True)
     real_card.write_block(card, "new", check=False)
     assert card.read_text() == f"head\n{real_card.BEGIN}\nnew\n{real_card.END}\ntail\n"
+
+
+def test_the_unet_curve_says_whether_the_reference_levelled_off(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import real_card
+    finally:
+        sys.path.pop(0)
+    import json
+
+    monkeypatch.setattr(real_card, "EVAL", tmp_path)
+    assert "not checked" in real_card.unet_curve_lines()[0]
+
+    def curve(*means):
+        return [{"steps": 100 * (k + 1), "seconds": k, "mean_dice": m, "datasets": {"A": m}} for k, m in enumerate(means)]
+
+    head = {"reference": {"steps": "250", "size": "128", "budget_s": "60", "train_records": "9"}, "factor": 2, "questions": 5}
+    (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6, 0.61, 0.615)}))
+    lines = real_card.unet_curve_lines()
+    assert "at step 200: 0.600" in lines[0] and "levelled off" in lines[0]
+    assert "| 200 (reference) | 0.600 | 0.600 |" in lines and "| 400 | 0.615 | 0.615 |" in lines
+    (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6, 0.65, 0.7)}))
+    lines = real_card.unet_curve_lines()
+    assert "still learning: 0.100 more by step 400" in lines[0] and "flatters RCMed" in lines[0]

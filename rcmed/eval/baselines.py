@@ -13,6 +13,7 @@ returns a mask (H, W) bool in source pixels.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,9 +119,12 @@ class UNetBaseline:
     name = "unet"
 
     def __init__(self, store: str | Path, budget_s: float = 60.0, size: int = 128, seed: int = 0,
-                 weights: str | Path | None = None) -> None:
+                 weights: str | Path | None = None,
+                 checkpoint: Callable[[UNetBaseline, float], None] | None = None, checkpoint_every: int = 0) -> None:
         """`weights`: a file to load the trained net from when it exists (trained on the same store, size
-        and budget; its header says so), else where to save it after training."""
+        and budget; its header says so), else where to save it after training. `checkpoint(self, seconds)`, when
+        given, is called every `checkpoint_every` training steps with the net in eval mode (to score it on the way:
+        is the budget enough to converge?); the time it takes is not counted in the budget."""
         import time
 
         import torch
@@ -189,6 +193,14 @@ class UNetBaseline:
             loss.backward()
             opt.step()
             self.steps += 1
+            if checkpoint is not None and checkpoint_every and self.steps % checkpoint_every == 0:
+                paused = time.perf_counter()
+                self.net.eval()
+                self._cache = None
+                checkpoint(self, paused - start)
+                self.net.train()
+                self._cache = None
+                start += time.perf_counter() - paused
         self.net.eval()
         if weights is not None:
             Path(weights).parent.mkdir(parents=True, exist_ok=True)

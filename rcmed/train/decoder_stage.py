@@ -33,7 +33,7 @@ import random
 import time
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ from rcmed.model.losses import rcmed_loss
 from rcmed.model.processing import SEG, Example, box_from_mask, box_prompt_pixels, build_batch
 from rcmed.model.rcmed import RCMedModel
 from rcmed.model.vision import VisionFeatures
-from rcmed.postprocess import target_key
+from rcmed.postprocess import base_name, rule_key, target_key
 from rcmed.train.feature_cache import FeatureCache
 
 ITEM_TASKS = ("segment_name", "absent")
@@ -348,9 +348,27 @@ def reaching_model(rows: list[dict[str, object]], taught: dict[str, list[str]],
     modality (`taught`: modality -> names, as `targets.json`; `modality_of`: dataset -> modality). The
     others (a polyp asked on a CT) are refused by rule before the model is asked (`Predictor.refusal`),
     so they must not steer a presence cut: they are easy negatives, and counting them makes a low cut look
-    free while on the image's own modality it calls absent targets present."""
+    free while on the image's own modality it calls absent targets present. A row's name may be a rule key
+    ("nuclei@pathology", `rcmed.postprocess.rule_key`): its target is the name before the "@"."""
     known = {m: {target_key(n) for n in names} for m, names in taught.items()}
-    return [r for r in rows if target_key(str(r["name"])) in known.get(modality_of.get(str(r["dataset"]), ""), set())]
+    return [r for r in rows
+            if base_name(target_key(str(r["name"]))) in known.get(modality_of.get(str(r["dataset"]), ""), set())]
+
+
+def by_modality_where_apart(items: list[Item], modality_of: dict[str, str]) -> list[Item]:
+    """`items` with the name of each target whose present questions come from images of more than one modality
+    changed to its per-modality rule key (`rcmed.postprocess.rule_key`: "nuclei@pathology"), so each modality
+    gets rules chosen on its own images: one name can look and behave otherwise on two modalities (nuclei bright
+    on black in fluorescence, dark on pink in H&E), and one set of rules chosen over both follows the one with
+    more questions. (A test overlay, MoNuSeg's worst case, prompted this; the model card says so.) Absent
+    questions are keyed by their image's modality too. `modality_of`: dataset -> modality."""
+    seen: dict[str, set[str]] = {}
+    for it in items:
+        if it.mask is not None and bool(it.mask.any()):
+            seen.setdefault(target_key(it.name), set()).add(modality_of[it.dataset])
+    apart = {name for name, mods in seen.items() if len(mods) > 1}
+    return [replace(it, name=rule_key(it.name, modality_of[it.dataset])) if target_key(it.name) in apart else it
+            for it in items]
 
 
 def mean_dice(summary: dict[str, dict[str, float]], real_only: bool = True) -> float:

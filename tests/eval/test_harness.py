@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -122,6 +124,23 @@ def test_unet_baseline_trains_on_the_train_split(tiny_trained, store, tmp_path):
     unet = {r["target"]: r["dice"] for r in rep.tables["tasks"] if r["method"] == "unet"}
     assert unet["body"] > 0.8  # the easiest target: a real, trained baseline
     assert set(unet) >= {"liver", "vertebra"}
+
+
+def test_unet_checkpoints_score_the_net_on_the_way_outside_the_budget(store):
+    from rcmed.eval.baselines import UNetBaseline
+
+    seen = []
+
+    def check(net, seconds):
+        seen.append((net.steps, seconds, net.net.training, net.predict(np.zeros((64, 64, 3), np.float32), "liver", (64, 64)).shape))
+        if len(seen) == 1:
+            time.sleep(1.2)  # a scoring longer than the whole budget must not end the training
+
+    net = UNetBaseline(store, budget_s=1.0, size=64, checkpoint=check, checkpoint_every=3)
+    assert len(seen) >= 2 and [s for s, *_ in seen] == list(range(3, 3 * len(seen) + 1, 3))
+    assert all(not training and shape == (64, 64) for _, _, training, shape in seen)  # scored in eval mode
+    assert all(0 <= sec <= 1.0 for _, sec, *_ in seen) and net.steps >= seen[-1][0]
+    assert net.net.training is False  # left ready to predict
 
 
 def test_per_dataset_table_with_component_box_oracle(tiny_trained, tmp_path):
