@@ -279,9 +279,14 @@ class Predictor:
             raise RCMedInputError("loop", f"unknown loop variant {loop!r}; use one of {LOOP_VARIANTS}")
         per_target_boxes = boxes is not None and len(boxes) > 1  # one box per name, in the order of one question
         texts, targets, amended = [], [], []
-        for question in (req.questions() if not per_target_boxes else [prompt]):
+        questions = req.questions() if not per_target_boxes else [prompt]
+        split = len(questions) > 1  # a request for several names, asked one name a question
+        for question in questions:
             text, found, changed = self._ask(question, model_boxes, model_points, (boxes, points, point_labels),
                                              max_new_tokens, rounds, loop, flips, mask_path)
+            if split and len(found) > 1:  # a question naming one target answers for that one: a second <seg> of the
+                found = found[:1]         # model's is not what was asked, and its mask is not given as if it were
+                text = _first_sentence_of(text, found[0].name)
             texts.append(text)
             targets += found
             amended += changed
@@ -604,6 +609,14 @@ def first_of_each(targets: list[Target]) -> list[Target]:
             seen.add(key)
             out.append(t)
     return out
+
+
+def _first_sentence_of(text: str, name: str) -> str:
+    """The sentence of `text` that names `name` (the first), else its first sentence: what a one-name question's
+    answer says of the one target kept."""
+    sentences = re.findall(r"[^.!?]+[.!?]", text) or [text]
+    named = [s for s in sentences if re.search(rf"\b{re.escape(name)}\b", s, flags=re.IGNORECASE)]
+    return (named or sentences)[0].strip()
 
 
 def agree_text(text: str, targets: list[Target]) -> tuple[str, list[str]]:

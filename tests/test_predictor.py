@@ -295,3 +295,12 @@ def test_an_image_sent_again_is_not_encoded_again(tiny_trained, monkeypatch):
     p.cache_ttl_s = 0.0
     p.set_image(a)
     assert len(calls) == 4  # expired
+
+
+def test_a_one_name_answer_keeps_the_sentence_of_its_name():
+    from rcmed.predictor import _first_sentence_of
+
+    text = "The target is in the left of the image. The liver is in the centre of the image."
+    assert _first_sentence_of(text, "liver") == "The liver is in the centre of the image."
+    assert _first_sentence_of(text, "kidneys") == "The target is in the left of the image."
+    assert _first_sentence_of("no full stop", "liver") == "no full stop"

@@ -52,7 +52,11 @@ def test_the_unet_curve_says_whether_the_reference_levelled_off(tmp_path, monkey
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6, 0.61, 0.615)}))
     lines = real_card.unet_curve_lines()
     assert "at step 200: 0.600" in lines[0] and "levelled off" in lines[0]
-    assert "| 200 (reference) | 0.600 | 0.600 |" in lines and "| 400 | 0.615 | 0.615 |" in lines
+    assert "| 200 (last before the reference's 250) | 0.600 | 0.600 |" in lines and "| 400 | 0.615 | 0.615 |" in lines
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6, 0.65, 0.7)}))
     lines = real_card.unet_curve_lines()
     assert "still learning: 0.100 more by step 400" in lines[0] and "flatters RCMed" in lines[0]
+    # a check that stopped before the reference's steps cannot call it levelled off
+    (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6)}))
+    lines = real_card.unet_curve_lines()
+    assert "stopped at step 200, before the reference's 250" in lines[0] and "it had levelled off" not in lines[0]
