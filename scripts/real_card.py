@@ -149,41 +149,51 @@ def worst_lines() -> list[str]:
 
 
 UNET_LEVEL = 0.02  # validation mean Dice the U-Net may still gain after its budget and be called levelled off
+UNET_WINDOW = 3  # curve points averaged on each side of that comparison (one point swings by a few hundredths)
 
 
 def unet_curve_lines() -> list[str]:
-    """Did the U-Net reference converge in its budget? Its validation curve at twice the budget (`unetcurve`)."""
+    """Did the U-Net reference converge in its budget? Its validation curve to twice its steps (`unetcurve`): the
+    mean of the last UNET_WINDOW points up to the reference's steps against the mean of the curve's last UNET_WINDOW."""
     path = EVAL / "real_val_unet_curve.json"
     if not path.is_file():
         return ["(the U-Net reference's convergence was not checked: `python scripts/train_default.py unetcurve` not run)"]
     u = json.loads(path.read_text())
     ref, curve = u["reference"], u["curve"]
     steps = int(ref["steps"])
-    at = max((c for c in curve if c["steps"] <= steps), key=lambda c: c["steps"], default=curve[0])
+    upto = [c for c in curve if c["steps"] <= steps] or curve[:1]
+    at = upto[-1]
+    before, after = upto[-UNET_WINDOW:], curve[-UNET_WINDOW:]
+    m_before = float(np.mean([c["mean_dice"] for c in before]))
+    m_after = float(np.mean([c["mean_dice"] for c in after]))
     best = max(curve, key=lambda c: c["mean_dice"])
-    gain = best["mean_dice"] - at["mean_dice"]
-    first_half = [c for c in curve if c["steps"] <= steps / 2]
-    early = first_half[-1] if first_half else curve[0]
+
+    def span(cs: list[dict]) -> str:
+        return f"steps {cs[0]['steps']}–{cs[-1]['steps']}" if len(cs) > 1 else f"step {cs[0]['steps']}"
+
+    compare = (f"averaged over the points of {span(before)} (up to the reference's steps): {m_before:.3f}; over the last "
+               f"points, {span(after)}: {m_after:.3f}; best single point: {best['mean_dice']:.3f} at step {best['steps']}")
     if curve[-1]["steps"] < steps:  # the check ran beside other work and trained fewer steps in the same time
+        early = ([c for c in curve if c["steps"] <= steps / 2] or curve[:1])[-1]
         verdict = (f"the check itself stopped at step {curve[-1]['steps']}, before the reference's {steps} (it ran beside "
                    f"other work, so fewer steps fitted in its time), so it cannot say whether the reference had levelled "
                    f"off; from step {early['steps']} to step {curve[-1]['steps']} the mean moved "
                    f"{curve[-1]['mean_dice'] - early['mean_dice']:+.3f}, so treat the U-Net column as a reference that "
                    f"may be short of converged, and the count of datasets where RCMed beats it as possibly flattering")
-    elif gain < UNET_LEVEL:
-        verdict = f"it had levelled off: no later point beat it by {UNET_LEVEL} or more"
+    elif m_after - m_before < UNET_LEVEL:
+        verdict = (f"it had levelled off: the later points gained {m_after - m_before:+.3f}, less than {UNET_LEVEL}, so "
+                   f"more steps of this recipe would not change the U-Net column much")
     else:
-        verdict = (f"it was still learning: {gain:.3f} more by step {best['steps']}, so the U-Net column above is below "
+        verdict = (f"it was still learning: {m_after - m_before:+.3f} by the end, so the U-Net column above is below "
                    f"what it reaches with more time, and the count of datasets where RCMed beats it flatters RCMed")
+    head = (f"**Does the U-Net reference converge in its budget?** (`python scripts/train_default.py unetcurve`: its "
+            f"training run again, same seed and batches, to {u['factor']:g} × its steps, scored every "
+            f"{curve[0]['steps']} steps on {u['questions']} present validation questions; Dice per question, averaged "
+            f"per dataset, then over datasets.) The reference in the table trained {steps} steps of 8 images at "
+            f"{ref['size']} px in {float(ref['budget_s']):.0f} s on {ref['train_records']} train images. Validation mean "
+            f"Dice, {compare}; {verdict}.")
     datasets = sorted(curve[-1]["datasets"])
-    lines = [f"**Does the U-Net reference converge in its budget?** (`python scripts/train_default.py unetcurve`: its "
-             f"training run again, same seed and batches, to {u['factor']:g} × its budget, scored every "
-             f"{curve[0]['steps']} steps on {u['questions']} present validation questions; Dice per question, averaged "
-             f"per dataset, then over datasets.) The reference in the table trained {steps} steps of 8 images at "
-             f"{ref['size']} px in {float(ref['budget_s']):.0f} s on {ref['train_records']} train images. Validation mean "
-             f"Dice at step {at['steps']}: {at['mean_dice']:.3f}; best: {best['mean_dice']:.3f} at step {best['steps']}; "
-             f"{verdict}.", "",
-             "| steps | " + " | ".join(datasets) + " | mean |", "|---|" + "---|" * (len(datasets) + 1)]
+    lines = [head, "", "| steps | " + " | ".join(datasets) + " | mean |", "|---|" + "---|" * (len(datasets) + 1)]
     for c in curve:
         mark = " (reference)" if c["steps"] == steps else f" (last before the reference's {steps})" if c is at else ""
         lines.append(f"| {c['steps']}{mark} | " + " | ".join(_fmt(c["datasets"].get(d)) for d in datasets)

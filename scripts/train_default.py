@@ -786,16 +786,30 @@ def realunet() -> None:
     print(f"U-Net: {net.steps} steps of 8 images at {UNET_SIZE} px in {time.time() - t0:.0f} s -> {UNET_WEIGHTS}")
 
 
-UNET_CURVE_FACTOR, UNET_CURVE_EVERY = 2.0, 1000  # the convergence check: twice the budget, scored every 1000 steps
+UNET_CURVE_FACTOR, UNET_CURVE_EVERY = 2.0, 1000  # the convergence check: twice the reference's steps, scored every 1000
+
+
+def _unet_reference() -> dict[str, str]:
+    """The U-Net reference's header (size, budget_s, train_records, steps, seed): from its weights (`realunet`) when
+    they are here, else from the last convergence check, which copied it from them."""
+    from safetensors import safe_open
+
+    if UNET_WEIGHTS.is_file():
+        with safe_open(str(UNET_WEIGHTS), "pt") as fh:
+            return {k: v for k, v in fh.metadata().items() if k != "names"}
+    last = WEIGHTS / "eval" / "real_val_unet_curve.json"
+    if last.is_file():
+        return json.loads(last.read_text())["reference"]
+    raise SystemExit(f"error: no U-Net reference: run `python scripts/train_default.py realunet` first ({UNET_WEIGHTS})")
 
 
 def unetcurve() -> None:
     """Is UNET_BUDGET_S enough for the U-Net reference to converge? Train it as `realunet` does (one thread, the same
-    seed and batches) for UNET_CURVE_FACTOR times the budget, scoring it every UNET_CURVE_EVERY steps on the real
-    validation records (REAL_TEST_PER_DATASET per dataset; Dice per present question, averaged per dataset, then over
-    datasets) -> eval/real_val_unet_curve.json with the reference's own header (its steps in the budget)."""
+    seed and batches) for UNET_CURVE_FACTOR times the reference's steps (steps, not seconds: a check that runs beside
+    other work gets fewer steps in the same time), scoring it every UNET_CURVE_EVERY steps on the real validation
+    records (REAL_TEST_PER_DATASET per dataset; Dice per present question, averaged per dataset, then over datasets)
+    -> eval/real_val_unet_curve.json with the reference's own header (its steps in the budget)."""
     import torch
-    from safetensors import safe_open
 
     from rcmed.data.store import iter_records, read_sample
     from rcmed.eval.baselines import UNetBaseline
@@ -804,6 +818,8 @@ def unetcurve() -> None:
     from rcmed.io.normalize import normalize
 
     torch.set_num_threads(1)
+    reference = _unet_reference()
+    target_steps = int(UNET_CURVE_FACTOR * int(reference["steps"]))
     store = DATA / "real-built"
     questions = []  # (dataset, normalised image, name, true mask) of every present question
     for rec in _per_dataset(list(iter_records(store, split="val")), REAL_TEST_PER_DATASET):
@@ -822,10 +838,8 @@ def unetcurve() -> None:
         print(f"U-Net curve: {net.steps} steps, {seconds:.0f} s, validation mean Dice {curve[-1]['mean_dice']:.4f}", flush=True)
 
     t0 = time.time()
-    UNetBaseline(store, budget_s=UNET_CURVE_FACTOR * UNET_BUDGET_S, size=UNET_SIZE, checkpoint=score,
-                 checkpoint_every=UNET_CURVE_EVERY)
-    with safe_open(str(UNET_WEIGHTS), "pt") as fh:
-        reference = {k: v for k, v in fh.metadata().items() if k != "names"}
+    UNetBaseline(store, budget_s=float("inf"), max_steps=target_steps, size=UNET_SIZE, seed=int(reference["seed"]),
+                 checkpoint=score, checkpoint_every=UNET_CURVE_EVERY)
     out = {"reference": reference, "factor": UNET_CURVE_FACTOR, "questions": len(questions), "curve": curve}
     (WEIGHTS / "eval" / "real_val_unet_curve.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"U-Net curve: {len(curve)} points in {time.time() - t0:.0f} s; the reference stopped at {reference['steps']} steps")

@@ -120,9 +120,11 @@ class UNetBaseline:
 
     def __init__(self, store: str | Path, budget_s: float = 60.0, size: int = 128, seed: int = 0,
                  weights: str | Path | None = None,
-                 checkpoint: Callable[[UNetBaseline, float], None] | None = None, checkpoint_every: int = 0) -> None:
-        """`weights`: a file to load the trained net from when it exists (trained on the same store, size
-        and budget; its header says so), else where to save it after training. `checkpoint(self, seconds)`, when
+                 checkpoint: Callable[[UNetBaseline, float], None] | None = None, checkpoint_every: int = 0,
+                 max_steps: int | None = None) -> None:
+        """Training stops at `budget_s` seconds or at `max_steps` steps (when given), whichever comes first.
+        `weights`: a file to load the trained net from when it exists (trained on the same store, size,
+        budget and step limit; its header says so), else where to save it after training. `checkpoint(self, seconds)`, when
         given, is called every `checkpoint_every` training steps with the net in eval mode (to score it on the way:
         is the budget enough to converge?); the time it takes is not counted in the budget."""
         import time
@@ -144,6 +146,8 @@ class UNetBaseline:
         self._cache: tuple[int, np.ndarray] | None = None
         meta = {"names": json.dumps(self.names), "size": str(size), "budget_s": str(budget_s), "seed": str(seed),
                 "train_records": str(len(train))}
+        if max_steps is not None:
+            meta["max_steps"] = str(max_steps)
         if weights is not None and Path(weights).is_file():
             from safetensors import safe_open
 
@@ -180,7 +184,7 @@ class UNetBaseline:
         rng = np.random.default_rng(seed)
         start = time.perf_counter()
         self.steps = 0
-        while time.perf_counter() - start < budget_s:
+        while time.perf_counter() - start < budget_s and (max_steps is None or self.steps < max_steps):
             idx = torch.as_tensor(rng.choice(len(x_all), size=min(8, len(x_all)), replace=False))
             logits = self.net(x_all[idx])
             p = torch.sigmoid(logits)

@@ -364,7 +364,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
                     if not job.cancel():
                         still_running = True
                         job.add_done_callback(lambda _: queue.leave())
-                    return _error(504, f"inference took longer than {cfg.timeout_s:.0f} s")
+                    return _error(504, f"inference took longer than {cfg.timeout_s:g} s")
         except RCMedError as exc:
             status = 413 if isinstance(exc, (LimitExceededError, ImageTooLargeError)) else 400
             return _error(status, str(exc))
