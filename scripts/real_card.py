@@ -149,6 +149,7 @@ def worst_lines() -> list[str]:
 
 
 UNET_LEVEL = 0.02  # validation mean Dice the U-Net may still gain after its budget and be called levelled off
+UNET_NEVER = 0.05  # a dataset whose validation Dice stays below this at every point: the recipe fails, not the budget
 UNET_WINDOW = 3  # curve points averaged on each side of that comparison (one point swings by a few hundredths)
 
 
@@ -186,6 +187,11 @@ def unet_curve_lines() -> list[str]:
     else:
         verdict = (f"it was still learning: {m_after - m_before:+.3f} by the end, so the U-Net column above is below "
                    f"what it reaches with more time, and the count of datasets where RCMed beats it flatters RCMed")
+    flat = [d for d in sorted(curve[-1]["datasets"]) if max(c["datasets"].get(d) or 0.0 for c in curve) < UNET_NEVER]
+    if flat:  # no step count lifts these: the reference's recipe (its input size) is what fails there
+        verdict += (f". On {', '.join(flat)} it never reached {UNET_NEVER} at any point of the curve: more steps do not "
+                    f"help there, so RCMed's lead on {'it' if len(flat) == 1 else 'them'} says more about this reference's "
+                    f"recipe ({ref['size']}-px input) than about RCMed")
     head = (f"**Does the U-Net reference converge in its budget?** (`python scripts/train_default.py unetcurve`: its "
             f"training run again, same seed and batches, to {u['factor']:g} × its steps, scored every "
             f"{curve[0]['steps']} steps on {u['questions']} present validation questions; Dice per question, averaged "

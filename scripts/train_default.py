@@ -28,7 +28,7 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
     python scripts/train_default.py realdata     # convert (pairs, by patient) + describe -> data/real-built; 250 phantoms
     python scripts/train_default.py real1        # continue the phantom weights on real train splits + phantoms
     python scripts/train_default.py realunet     # the U-Net reference on the same train splits (one thread)
-    python scripts/train_default.py unetcurve    # does its budget converge? twice the budget, scored on validation
+    python scripts/train_default.py unetcurve    # does its budget converge? twice its steps, scored on validation
     python scripts/train_default.py realval --models A B   # compare models on the validation splits
     python scripts/train_default.py maskpath     # presence cut and mask path per target from realval's answers
                                                  # -> runs/default-real1/model/postprocess.json (shipped by export_real)

@@ -58,6 +58,12 @@ def test_the_unet_curve_says_whether_the_reference_levelled_off(tmp_path, monkey
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78)}))
     lines = real_card.unet_curve_lines()
     assert "still learning: +0.100 by the end" in lines[0] and "flatters RCMed" in lines[0]
+    # a dataset the U-Net never learns at any step is said apart: no step count would change it
+    flat = [{**c, "datasets": {"A": c["mean_dice"], "B": 0.01}} for c in curve(0.5, 0.6, 0.61, 0.6, 0.63, 0.59, 0.61)]
+    (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": flat}))
+    lines = real_card.unet_curve_lines()
+    assert "On B it never reached 0.05 at any point of the curve" in lines[0] and "(128-px input)" in lines[0]
+    assert "On A" not in lines[0]
     # a check that stopped before the reference's steps cannot call it levelled off
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6)}))
     lines = real_card.unet_curve_lines()
