@@ -620,22 +620,28 @@ def _first_sentence_of(text: str, name: str) -> str:
 
 
 def agree_text(text: str, targets: list[Target]) -> tuple[str, list[str]]:
-    """Make the answer's sentence about each 2-D target say what its decision says.
+    """Make the answer's sentence about each target say what its decision says.
 
     The language model writes "is not present" or "is in the ... of the image" before the mask
     decoder has looked (the `<region>` slot is filled afterwards), and on held-out phantoms its
     yes/no is right less often than the presence head's (0.81 vs 0.965; see the model card), so
     the decision wins. Only the sentences of the trained answer forms are rewritten, with the
-    position measured on the mask; returns (text, names of the targets whose sentence changed).
+    position measured on a 2-D mask; a volume's answer is written on its middle slice, so a target found on
+    other slices is said to be "present in this volume". Returns (text, names of the targets whose sentence
+    changed).
     """
     amended = []
     for t in targets:
         n, before = re.escape(t.name), text
-        if t.present and t.mask is not None and t.mask.ndim == 2:
-            grid = grid_position(t.mask)
-            where = "in the centre of the image" if grid == "centre" else f"in the {grid} of the image"
-            rules = [(rf"\bThe {n} is not present in this image\.", f"The {t.name} is {where}."),
-                     (rf"\bNo, the {n} is not in this image\.", f"Yes, the {t.name} is present, {where}.")]
+        if t.present and t.mask is not None and t.mask.ndim in (2, 3):
+            if t.mask.ndim == 2:
+                grid = grid_position(t.mask)
+                where = "in the centre of the image" if grid == "centre" else f"in the {grid} of the image"
+                said, yes = f"The {t.name} is {where}.", f"Yes, the {t.name} is present, {where}."
+            else:  # a volume's words come from its middle slice, its decision from every slice
+                said, yes = f"The {t.name} is present in this volume.", f"Yes, the {t.name} is present in this volume."
+            rules = [(rf"\bThe {n} is not present in this image\.", said),
+                     (rf"\bNo, the {n} is not in this image\.", yes)]
             if t.components is not None:  # a count is the mask's, not the words' ("Here are the 10 nuclei" over 59)
                 rules.append((rf"\bHere (?:is|are) the \d+ {n}\b",
                               f"Here {'is' if t.components == 1 else 'are'} the {t.components} {t.name}"))

@@ -192,3 +192,18 @@ def test_a_sentence_naming_an_absent_target_is_rewritten():
     assert agree_text("Here is the optic disc.", [gone])[0] == "The optic disc is not present in this image."
     kept = "The optic disc is not present in this image.\n The cup is small."
     assert agree_text(kept, [gone]) == (kept, [])
+
+
+def test_a_volume_target_found_off_the_middle_slice_is_not_called_absent():
+    """A volume is answered in words on its middle slice and decided on every slice: the words follow the decision
+    (the demo's CT said "The liver is not present in this image." beside a 14 mL liver mask)."""
+    import numpy as np
+
+    from rcmed.predictor import Target, agree_text
+
+    mask = np.zeros((5, 8, 8), bool)
+    mask[0, 2:4, 2:4] = True  # only on a slice away from the middle
+    liver = Target(name="liver", present=True, score=0.8, presence=1.0, mask=mask, components=1)
+    text, amended = agree_text("The liver is not present in this image. The spleen is in the centre of the image.", [liver])
+    assert text == "The liver is present in this volume. The spleen is in the centre of the image." and amended == ["liver"]
+    assert agree_text("No, the liver is not in this image.", [liver])[0] == "Yes, the liver is present in this volume."
