@@ -153,6 +153,39 @@ UNET_NEVER = 0.05  # a dataset whose validation Dice stays below this at every p
 UNET_WINDOW = 3  # curve points averaged on each side of that comparison (one point swings by a few hundredths)
 
 
+def demo_lines(shipped_sha: str) -> list[str]:
+    """The packaged real images of `make demo` (no expert masks, so no Dice): what we saw on their overlays, in
+    words (eval/demo_seen.json), stated for the weights they were seen with; a note about other weights says so."""
+    path = EVAL / "demo_seen.json"
+    if not path.is_file():
+        return ["(the overlays of `make demo`'s packaged real images have not been looked at for these weights)"]
+    seen = json.loads(path.read_text())
+    same = seen["model_sha256"] == shipped_sha
+    lines = [f"**`make demo` on real images that installed packages ship** (no expert mask: shown, not scored). What we saw "
+             f"on each overlay ({seen['looked_at']}, weights `{seen['model_sha256'][:12]}`"
+             + (", the shipped ones" if same else f"; **not the shipped weights** `{shipped_sha[:12]}`: these notes are "
+                                                  f"out of date until the overlays are looked at again") + "):", "",
+             "| case | request | verdict | seen on the overlay |", "|---|---|---|---|"]
+    for case, c in seen["cases"].items():
+        lines.append(f"| {case} | {c['prompt']} | {c['verdict']} | {c['seen']} |")
+    verdicts = [c["verdict"] for c in seen["cases"].values()]
+    lines += ["", f"Right on {verdicts.count('right')} of {len(verdicts)}."
+              + (" The per-dataset test table says how the model does on images like those it was trained on; these "
+                 "show what it does on images unlike any of them." if verdicts.count("right") < len(verdicts) else "")]
+    return lines
+
+
+def weights_sha() -> str:
+    """sha256 of the shipped model.safetensors (what `Predictor` reports as the model's sha256)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(WEIGHTS / "model.safetensors", "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def unet_curve_lines() -> list[str]:
     """Did the U-Net reference converge in its budget? Its validation curve to twice its steps (`unetcurve`): the
     mean of the last UNET_WINDOW points up to the reference's steps against the mean of the curve's last UNET_WINDOW."""
@@ -566,6 +599,8 @@ def build() -> tuple[str, str]:
         "",
         *worst_lines(),
         "",
+        *demo_lines(weights_sha()),
+        "",
         "**Every model scored on the real test splits:**",
         "",
         "| weights (sha256) | rules (sha256 of postprocess.json) | loop rounds | shipped | mean Dice over datasets | scored on |",
@@ -608,8 +643,22 @@ def build() -> tuple[str, str]:
         *table,
         *(["", "The same model asked in other words, on a subset of the same test records (the prompt suite; per family in "
            "the card):", "", *suite_lines] if suite else []),
+        *demo_readme_lines(weights_sha()),
     ]
     return "\n".join(card), "\n".join(readme)
+
+
+def demo_readme_lines(shipped_sha: str) -> list[str]:
+    """One line for the README: how the shipped weights did, by eye, on `make demo`'s packaged real images."""
+    path = EVAL / "demo_seen.json"
+    seen = json.loads(path.read_text()) if path.is_file() else None
+    if seen is None or seen["model_sha256"] != shipped_sha:
+        return []
+    verdicts = [c["verdict"] for c in seen["cases"].values()]
+    return ["", f"On the {len(verdicts)} real images that `make demo` takes from installed packages (no expert masks, so "
+                f"judged by eye on the overlays) the answer was right on {verdicts.count('right')}: "
+                + "; ".join(f"{case} {c['verdict']}" for case, c in seen["cases"].items())
+                + ". What was seen on each is in the model card."]
 
 
 def main() -> None:

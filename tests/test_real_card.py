@@ -68,3 +68,23 @@ def test_the_unet_curve_says_whether_the_reference_levelled_off(tmp_path, monkey
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6)}))
     lines = real_card.unet_curve_lines()
     assert "stopped at step 200, before the reference's 450" in lines[0] and "it had levelled off" not in lines[0]
+
+
+def test_the_demo_notes_say_which_weights_they_were_seen_with(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import real_card
+    finally:
+        sys.path.pop(0)
+    import json
+
+    monkeypatch.setattr(real_card, "EVAL", tmp_path)
+    assert "have not been looked at" in real_card.demo_lines("a" * 64)[0]
+    seen = {"model_sha256": "a" * 64, "looked_at": "2026-12-02", "cases": {
+        "ct": {"prompt": "Segment the liver.", "verdict": "right", "seen": "no liver; 'not present'"},
+        "ihc": {"prompt": "Segment the nuclei.", "verdict": "wrong", "seen": "the glands"}}}
+    (tmp_path / "demo_seen.json").write_text(json.dumps(seen))
+    lines = real_card.demo_lines("a" * 64)
+    assert "the shipped ones" in lines[0] and "| ihc | Segment the nuclei. | wrong | the glands |" in lines
+    assert lines[-1].startswith("Right on 1 of 2.")
+    assert "not the shipped weights" in real_card.demo_lines("b" * 64)[0]  # new weights: the notes are out of date
