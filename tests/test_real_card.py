@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def card(tmp_path, monkeypatch):
+    """scripts/real_card.py as a module, reading its result files from an empty `tmp_path`."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import real_card
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(real_card, "EVAL", tmp_path)
+    return real_card
 
 
 def test_card_and_readme_match_the_result_files():
@@ -34,16 +49,8 @@ def test_a_changed_result_changes_the_card(tmp_path, monkeypatch):
     assert card.read_text() == f"head\n{real_card.BEGIN}\nnew\n{real_card.END}\ntail\n"
 
 
-def test_the_unet_curve_says_whether_the_reference_levelled_off(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import real_card
-    finally:
-        sys.path.pop(0)
-    import json
-
-    monkeypatch.setattr(real_card, "EVAL", tmp_path)
-    assert "not checked" in real_card.unet_curve_lines()[0]
+def test_the_unet_curve_says_whether_the_reference_levelled_off(card, tmp_path):
+    assert "not checked" in card.unet_curve_lines()[0]
 
     def curve(*means):
         return [{"steps": 100 * (k + 1), "seconds": k, "mean_dice": m, "datasets": {"A": m}} for k, m in enumerate(means)]
@@ -51,61 +58,45 @@ def test_the_unet_curve_says_whether_the_reference_levelled_off(tmp_path, monkey
     head = {"reference": {"steps": "450", "size": "128", "budget_s": "60", "train_records": "9"}, "factor": 2, "questions": 5}
     # a plateau after the reference's 450 steps: one point swinging up is not "still learning"
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6, 0.61, 0.6, 0.63, 0.59, 0.61)}))
-    lines = real_card.unet_curve_lines()
+    lines = card.unet_curve_lines()
     assert "steps 200–400 (up to the reference's steps): 0.603" in lines[0] and "best single point: 0.630 at step 500" in lines[0]
     assert "steps 500–700: 0.610" in lines[0] and "it had levelled off: the later points gained +0.007" in lines[0]
     assert "| 400 (last before the reference's 450) | 0.600 | 0.600 |" in lines and "| 500 | 0.630 | 0.630 |" in lines
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78)}))
-    lines = real_card.unet_curve_lines()
+    lines = card.unet_curve_lines()
     assert "still learning: +0.100 by the end" in lines[0] and "flatters RCMed" in lines[0]
     # a dataset the U-Net never learns at any step is said apart: no step count would change it
     flat = [{**c, "datasets": {"A": c["mean_dice"], "B": 0.01}} for c in curve(0.5, 0.6, 0.61, 0.6, 0.63, 0.59, 0.61)]
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": flat}))
-    lines = real_card.unet_curve_lines()
+    lines = card.unet_curve_lines()
     assert "On B it never reached 0.05 at any point of the curve" in lines[0] and "(128-px input)" in lines[0]
     assert "On A" not in lines[0]
     # a check that stopped before the reference's steps cannot call it levelled off
     (tmp_path / "real_val_unet_curve.json").write_text(json.dumps({**head, "curve": curve(0.5, 0.6)}))
-    lines = real_card.unet_curve_lines()
+    lines = card.unet_curve_lines()
     assert "stopped at step 200, before the reference's 450" in lines[0] and "it had levelled off" not in lines[0]
 
 
-def test_the_demo_notes_say_which_weights_they_were_seen_with(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import real_card
-    finally:
-        sys.path.pop(0)
-    import json
-
-    monkeypatch.setattr(real_card, "EVAL", tmp_path)
-    assert "have not been looked at" in real_card.demo_lines("a" * 64)[0]
+def test_the_demo_notes_say_which_weights_they_were_seen_with(card, tmp_path):
+    assert "have not been looked at" in card.demo_lines("a" * 64)[0]
     seen = {"model_sha256": "a" * 64, "looked_at": "2026-12-02", "cases": {
         "ct": {"prompt": "Segment the liver.", "verdict": "right", "seen": "no liver; 'not present'"},
         "ihc": {"prompt": "Segment the nuclei.", "verdict": "wrong", "seen": "the glands"}}}
     (tmp_path / "demo_seen.json").write_text(json.dumps(seen))
-    lines = real_card.demo_lines("a" * 64)
+    lines = card.demo_lines("a" * 64)
     assert "the shipped ones" in lines[0] and "| ihc | Segment the nuclei. | wrong | the glands |" in lines
     assert lines[-1].startswith("Right on 1 of 2.")
-    assert "not the shipped weights" in real_card.demo_lines("b" * 64)[0]  # new weights: the notes are out of date
+    assert "not the shipped weights" in card.demo_lines("b" * 64)[0]  # new weights: the notes are out of date
 
 
-def test_the_scale_check_names_the_targets_lost_when_smaller(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import real_card
-    finally:
-        sys.path.pop(0)
-    import json
-
-    monkeypatch.setattr(real_card, "EVAL", tmp_path)
-    assert "not checked" in real_card.scale_lines()[0]
+def test_the_scale_check_names_the_targets_lost_when_smaller(card, tmp_path):
+    assert "not checked" in card.scale_lines()[0]
     rows = [{"dataset": "Drishti-GS1", "target": "optic disc", "questions": 5, "present@1.0": 1.0, "dice@1.0": 0.96,
              "present@0.4": 0.0, "dice@0.4": 0.0},
             {"dataset": "PH2", "target": "skin lesion", "questions": 5, "present@1.0": 1.0, "dice@1.0": 0.9,
              "present@0.4": 0.8, "dice@0.4": 0.7}]
     (tmp_path / "real_val_scale.json").write_text(json.dumps({"scales": [1.0, 0.4], "left": 0.08, "records_per_dataset": 5,
                                                               "rows": rows}))
-    lines = real_card.scale_lines()
+    lines = card.scale_lines()
     assert "| Drishti-GS1 | optic disc | 5 | 1.00 / 0.960 | 0.00 / 0.000 |" in lines
     assert "Lost at × 0.4" in lines[-1] and "optic disc (Drishti-GS1)" in lines[-1] and "skin lesion" not in lines[-1]
