@@ -29,6 +29,7 @@ from rcmed.io.image import MedicalImage, Modality, parse_modality
 from rcmed.io.normalize import normalize
 from rcmed.io.readers import load
 from rcmed.io.slices import SliceStack, from_slices, to_slices
+from rcmed.model.pretrained import sha256
 from rcmed.model.processing import ImageGeometry, box_prompt_pixels, postprocess_mask, prepare_image, source_logits
 from rcmed.model.rcmed import LOOP_VARIANTS, Generation, RCMedModel
 from rcmed.model.vision import VisionFeatures
@@ -97,11 +98,8 @@ def _rules(folder: Path) -> PostprocessRules:
 
 
 def _model_sha(folder: Path) -> str:
-    h = hashlib.sha256()
-    with open(folder / "model.safetensors", "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """A model folder's identity: the sha256 of its trained parts (model.safetensors)."""
+    return sha256(folder / "model.safetensors")
 
 
 class Predictor:

@@ -153,13 +153,19 @@ UNET_NEVER = 0.05  # a dataset whose validation Dice stays below this at every p
 UNET_WINDOW = 3  # curve points averaged on each side of that comparison (one point swings by a few hundredths)
 
 
+def _demo_seen() -> dict | None:
+    """eval/demo_seen.json: what was seen on the overlays of `make demo`'s packaged real images, and with which
+    weights (their sha256); None when nobody looked."""
+    path = EVAL / "demo_seen.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def demo_lines(shipped_sha: str) -> list[str]:
     """The packaged real images of `make demo` (no expert masks, so no Dice): what we saw on their overlays, in
-    words (eval/demo_seen.json), stated for the weights they were seen with; a note about other weights says so."""
-    path = EVAL / "demo_seen.json"
-    if not path.is_file():
+    words (`_demo_seen`), stated for the weights they were seen with; a note about other weights says so."""
+    seen = _demo_seen()
+    if seen is None:
         return ["(the overlays of `make demo`'s packaged real images have not been looked at for these weights)"]
-    seen = json.loads(path.read_text())
     same = seen["model_sha256"] == shipped_sha
     lines = [f"**`make demo` on real images that installed packages ship** (no expert mask: shown, not scored). What we saw "
              f"on each overlay ({seen['looked_at']}, weights `{seen['model_sha256'][:12]}`"
@@ -202,17 +208,6 @@ def scale_lines() -> list[str]:
                       "(no border, a small disc off the centre: 'optic disc not present'), and it says the test table holds "
                       "for images framed like each dataset's own, not for wider or narrower views."]
     return lines
-
-
-def weights_sha() -> str:
-    """sha256 of the shipped model.safetensors (what `Predictor` reports as the model's sha256)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(WEIGHTS / "model.safetensors", "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unet_curve_lines() -> list[str]:
@@ -456,6 +451,9 @@ def _met(ok: bool | None) -> str:
 
 
 def build() -> tuple[str, str]:
+    from rcmed.model.pretrained import sha256  # (not rcmed.predictor's _model_sha: that import brings torch, 4 s)
+
+    shipped_sha = sha256(WEIGHTS / "model.safetensors")  # what `Predictor` reports as the weights' sha256
     published = json.loads((ROOT / "docs" / "published_reference.json").read_text())
     test_rows = _rows(EVAL / "real_test_datasets.csv")
     table, st = dataset_table(test_rows, published)
@@ -628,7 +626,7 @@ def build() -> tuple[str, str]:
         "",
         *worst_lines(),
         "",
-        *demo_lines(weights_sha()),
+        *demo_lines(shipped_sha),
         "",
         *scale_lines(),
         "",
@@ -674,15 +672,14 @@ def build() -> tuple[str, str]:
         *table,
         *(["", "The same model asked in other words, on a subset of the same test records (the prompt suite; per family in "
            "the card):", "", *suite_lines] if suite else []),
-        *demo_readme_lines(weights_sha()),
+        *demo_readme_lines(shipped_sha),
     ]
     return "\n".join(card), "\n".join(readme)
 
 
 def demo_readme_lines(shipped_sha: str) -> list[str]:
     """One line for the README: how the shipped weights did, by eye, on `make demo`'s packaged real images."""
-    path = EVAL / "demo_seen.json"
-    seen = json.loads(path.read_text()) if path.is_file() else None
+    seen = _demo_seen()
     if seen is None or seen["model_sha256"] != shipped_sha:
         return []
     verdicts = [c["verdict"] for c in seen["cases"].values()]

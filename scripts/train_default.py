@@ -984,15 +984,17 @@ def scalecheck() -> None:
     whose optic disc is called absent) and chooses nothing."""
     import dataclasses
 
+    import torch
+
     from rcmed.data.store import iter_records, read_sample
     from rcmed.eval.harness import _per_dataset, record_image, record_truths
     from rcmed.eval.metrics import dice
     from rcmed.predictor import Predictor
 
-    torch_threads()
+    torch.set_num_threads(1)  # (so it can run beside other work)
     p = Predictor.from_pretrained(WEIGHTS)
     store = DATA / "real-built"
-    by: dict[str, dict[str, list]] = {}
+    by: dict[tuple[str, str], dict[str, list]] = {}  # (dataset, target) -> scale -> (found, Dice) per question
     for rec in _per_dataset(list(iter_records(store, split="val")), REAL_VAL_PER_DATASET):
         sample = read_sample(store, rec)
         img = record_image(rec, sample)
@@ -1004,22 +1006,16 @@ def scalecheck() -> None:
                 p.set_image(dataclasses.replace(img, array=pixels))
                 t = next((t for t in p.predict(f"Segment the {name}.").targets if t.name == name), None)
                 found = t is not None and t.present and t.mask is not None
-                by.setdefault(f"{rec.source}|{name}", {}).setdefault(str(scale), []).append(
+                by.setdefault((rec.source, name), {}).setdefault(str(scale), []).append(
                     (found, dice(t.mask if found else np.zeros_like(truth), truth)))
     out = {"scales": list(SCALES), "left": SCALE_LEFT, "records_per_dataset": REAL_VAL_PER_DATASET, "rows": [
-        {"dataset": key.split("|")[0], "target": key.split("|")[1], "questions": len(v[str(SCALES[0])]),
+        {"dataset": dataset, "target": target, "questions": len(v[str(SCALES[0])]),
          **{f"present@{sc}": round(float(np.mean([f for f, _ in v[sc]])), 4) for sc in v},
-         **{f"dice@{sc}": round(float(np.mean([d for _, d in v[sc]])), 4) for sc in v}} for key, v in sorted(by.items())]}
+         **{f"dice@{sc}": round(float(np.mean([d for _, d in v[sc]])), 4) for sc in v}}
+        for (dataset, target), v in sorted(by.items())]}
     (WEIGHTS / "eval" / "real_val_scale.json").write_text(json.dumps(out, indent=1) + "\n")
     for r in out["rows"]:
         print(r, flush=True)
-
-
-def torch_threads() -> None:
-    """One thread, so a check can run beside other work."""
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def loopval() -> None:
