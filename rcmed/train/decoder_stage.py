@@ -33,6 +33,7 @@ import random
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from rcmed.data.store import ShardStream
+from rcmed.data.store import Sample, ShardStream
 from rcmed.io.image import MedicalImage, parse_modality
 from rcmed.io.normalize import normalize
 from rcmed.model.losses import rcmed_loss
@@ -51,6 +52,7 @@ from rcmed.postprocess import base_name, rule_key, target_key
 from rcmed.train.feature_cache import FeatureCache
 
 ITEM_TASKS = ("segment_name", "absent")
+VIEW_SUFFIX = "#view"  # the record of an item asked on another field of view of its image (`collect_items(view=...)`)
 
 
 @dataclass
@@ -111,11 +113,13 @@ def _name_of(ex: dict) -> str:
 @torch.inference_mode()
 def collect_items(model: RCMedModel, stores: list[str], split: str, cache: FeatureCache, seed: int = 0,
                   limit: int | None = None, every: int = 1, loop: bool = False, phrasings: int = 2,
-                  log=print) -> list[Item]:
+                  view: Callable[[Sample, random.Random], Sample] | None = None, log=print) -> list[Item]:
     """Every single-target question of every record of `split` in `stores` (of one record in `every`,
     by a fixed hash of its id), in up to `phrasings` phrasings, with the frozen LM's states at its `<region>`
     slot, and with `loop` also the states after the LM re-reads the region of the model's round-1 mask
-    (`hidden2`). Features are read from (or written to) `cache`."""
+    (`hidden2`). Features are read from (or written to) `cache`. With `view`, each record is first seen from
+    another field of view (`rcmed.data.views.random_view`; drawn from the record's id and `seed`, so the same
+    whatever the order), and its items' record is the id + VIEW_SUFFIX."""
     model.eval()
     size = model.config.vision.img_size
     items: list[Item] = []
@@ -126,6 +130,10 @@ def collect_items(model: RCMedModel, stores: list[str], split: str, cache: Featu
         for sample in ShardStream(store, split=split, seed=seed, epoch=0, buffer=1):
             if every > 1 and zlib.crc32(sample.record.id.encode()) % every:
                 continue
+            record = sample.record.id
+            if view is not None:
+                sample = view(sample, random.Random(zlib.crc32(record.encode()) * 1_000_003 + seed))
+                record += VIEW_SUFFIX
             questions = _record_examples(sample, rng, phrasings)
             if not questions:
                 continue
@@ -143,7 +151,7 @@ def collect_items(model: RCMedModel, stores: list[str], split: str, cache: Featu
                 first = j
                 j += len(exs)
                 m = batch.target_masks[first] if batch.presence[first] > 0 else None
-                items.append(Item(sample.record.id, dataset_of(sample.record), name, key, states[first:j].clone(),
+                items.append(Item(record, dataset_of(sample.record), name, key, states[first:j].clone(),
                                   None if m is None else m.bool(),
                                   None if states2 is None else states2[first:j].clone()))
             n += 1

@@ -4,6 +4,7 @@ best step kept; and the modality head's training features from the same store.""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -194,3 +195,29 @@ def test_a_residual_loop_starts_as_round_one_and_learns_what_the_region_adds(bui
     model.save_pretrained(tmp_path / "m")
     again = RCMedModel.from_pretrained(tmp_path / "m")
     assert again.config.loop_residual and torch.equal(again.loop_delta.weight, model.loop_delta.weight)
+
+
+def test_questions_on_another_field_of_view_move_the_mask_and_name_their_record(built, tmp_path):
+    """`collect_items(view=...)`: the same questions, asked on the image and mask the view gives (here: zoomed out to
+    half the side at the top left), each item's record marked as a view, its features those of the new image."""
+    from rcmed.data.views import zoom_out
+
+    def corner(sample, rng):
+        image, masks, inst = zoom_out(sample.image, sample.masks, 0.5, (0, 0), instances=sample.instances)
+        return replace(sample, image=image, masks=masks, instances=inst)
+
+    torch.manual_seed(0)
+    cfg = RCMedConfig.tiny()
+    cfg.freeze_vision = True
+    model = RCMedModel(cfg)
+    cache = FeatureCache(tmp_path / "cache", model.image_encoder)
+    plain = ds.collect_items(model, [str(built)], "val", cache, seed=1, phrasings=1)
+    seen = ds.collect_items(model, [str(built)], "val", cache, seed=1, phrasings=1, view=corner)
+    assert [(it.record + ds.VIEW_SUFFIX, it.name) for it in plain] == [(it.record, it.name) for it in seen]
+    for a, b in zip(plain, seen, strict=True):
+        assert a.feature != b.feature  # another image, encoded on its own
+        assert (a.mask is None) == (b.mask is None)
+        if a.mask is not None and a.mask.sum() > 40:
+            size = a.mask.shape[0]
+            assert not b.mask[size // 2 + 2:].any() and not b.mask[:, size // 2 + 2:].any()  # all in the top-left quarter
+            assert int(b.mask.sum()) == pytest.approx(int(a.mask.sum()) / 4, rel=0.35)
