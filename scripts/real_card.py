@@ -210,6 +210,44 @@ def scale_lines() -> list[str]:
     return lines
 
 
+VIEW_SLACK = 0.005  # real7's criterion, fixed before its run: as-is validation Dice at most this much below its source's
+
+
+def views_lines() -> list[str]:
+    """Each decoder stage trained on other fields of view (`real7`; eval/<name>_views.json when it ships,
+    eval/tried_<name>_views.json when it does not): validation mean Dice of its source and of the kept step on the
+    images as they are and on their other views, per dataset, and whether the criterion fixed before the run held."""
+    lines: list[str] = []
+    for path in sorted(EVAL.glob("*_views.json")):
+        v = json.loads(path.read_text())
+        name = path.name.removeprefix("tried_").removesuffix("_views.json")
+        tried = path.name.startswith("tried_")
+        parts = [("source_as_is", "source, as is"), ("kept_as_is", "kept, as is"),
+                 ("source_views", "source, other view"), ("kept_views", "kept, other view")]
+        means = {k: v[k]["mean_dice"] for k, _ in parts}
+        held = means["kept_as_is"] >= means["source_as_is"] - VIEW_SLACK and means["kept_views"] > means["source_views"]
+        history = path.with_name(path.name.replace("_views.json", "_val_history.json"))
+        steps = (" Validation mean Dice by step (as is and other views pooled, which chose the step): "
+                 + ", ".join(f"{h['step']}: {h['mean_dice']:.3f}" for h in json.loads(history.read_text())) + "."
+                 if history.is_file() else "")
+        lines += [f"**Other fields of view: `{name}`** (`python scripts/train_default.py {name}`: the decoder stage from "
+                  f"the weights it replaces, one real train record in {v['train_view_every']} also asked on another view "
+                  "of its image, zoomed out to 0.4-0.85 of its side on its own background colour or zoomed into a crop "
+                  f"that keeps each present target (`rcmed/data/views.py`). Validation, {v['questions']} questions as "
+                  f"they are and {v['view_questions']} on other views, words alone, presence at 0.5, no rules; step "
+                  f"{v['best_step']} kept, step 0 being the source.) Fixed before the run: it replaces its source only "
+                  f"if its as-is mean Dice is at most {VIEW_SLACK} below the source's and its other-view mean Dice is "
+                  f"higher. Result: as is {means['source_as_is']:.3f} → {means['kept_as_is']:.3f}, other views "
+                  f"{means['source_views']:.3f} → {means['kept_views']:.3f}; the criterion "
+                  f"{'held' if held else 'did not hold'}, and `{name}` {'was not shipped' if tried else 'ships'}.{steps}", "",
+                  "| dataset | " + " | ".join(label for _, label in parts) + " |", "|---|" + "---|" * len(parts)]
+        datasets = sorted({d for k, _ in parts for d in v[k]["datasets"] if not d.startswith("phantom-")})
+        for d in datasets:
+            lines.append(f"| {d} | " + " | ".join(_fmt(v[k]["datasets"].get(d, {}).get("dice")) for k, _ in parts) + " |")
+        lines.append("")
+    return lines
+
+
 def unet_curve_lines() -> list[str]:
     """Did the U-Net reference converge in its budget? Its validation curve to twice its steps (`unetcurve`): the
     mean of the last UNET_WINDOW points up to the reference's steps against the mean of the curve's last UNET_WINDOW."""
@@ -529,7 +567,7 @@ def build() -> tuple[str, str]:
         "",
         f"**Test splits, words alone (\"Segment the {{target}}.\"), side by side on the same records.** References: LiteMedSAM "
         f"given the true box of each connected component of the truth (an oracle: it is told where every part is); a MONAI "
-        f"U-Net trained on the same train splits (budget in `scripts/train_default.py`, `UNET_BUDGET_S`); BiomedParse's "
+        f"U-Net trained on the same train splits (its budget, a count of steps, in `scripts/train_default.py`, `UNET_STEPS`); BiomedParse's "
         f"published numbers ({published['BiomedParse']['source']}; GPU-trained on far more data, other splits; "
         f"where its dataset differs: {'; '.join(f'{k}: {v}' for k, v in published['BiomedParse'].get('notes', {}).items())}).",
         "",
@@ -630,6 +668,7 @@ def build() -> tuple[str, str]:
         "",
         *scale_lines(),
         "",
+        *views_lines(),
         "**Every model scored on the real test splits:**",
         "",
         "| weights (sha256) | rules (sha256 of postprocess.json) | loop rounds | shipped | mean Dice over datasets | scored on |",

@@ -305,7 +305,10 @@ DECODER_STAGES = ("real2", "real3", "real4")  # decoder-stage runs, each continu
 REAL_VAL_PER_DATASET = 5  # validation records asked per dataset when models are compared (`realval`)
 REAL_TEST_PER_DATASET = 10  # test records per dataset in the one scoring of a shipped model (`realtest`)
 PROMPT_SUITE_PER_DATASET = 2  # of those, the records asked the prompt suite (about 20 questions each)
-UNET_BUDGET_S = 1800.0  # seconds (one thread) for the U-Net reference on the real train splits (`realunet`)
+UNET_STEPS = 9046  # training steps (8 images each) of the U-Net reference on the real train splits (`realunet`): what
+# its first budget, 1800 s of one thread on this machine, reached; a count, so the reference is the same net on any
+# machine and under any load (the same seed and batches: `unetcurve` scores this run continued to twice the count)
+UNET_BUDGET_S = float("inf")  # no time limit beside the count
 UNET_SIZE = 128  # its input side in pixels (more steps in the budget than at 256)
 UNET_WEIGHTS = RUNS / "unet-real" / f"unet-{UNET_SIZE}.safetensors"
 
@@ -352,8 +355,10 @@ def export_real() -> None:
     os.chdir(ROOT)
     run = RUNS / f"default-{SHIPPED_REAL}"
     # results of the model being replaced: its test tables stay in real_test_log.jsonl; its phantom check and
-    # worst cases describe other weights, so they go until `phantomcheck` and `worst` run on these
-    for stale in ("phantom_fresh_modalities.csv", "real_test_worst.json", "real_test_worst_notes.json"):
+    # worst cases, loop ablation and field-of-view check describe other weights, so they go until `phantomcheck`,
+    # `worst`, `loopval` and `scalecheck` run on these
+    for stale in ("phantom_fresh_modalities.csv", "real_test_worst.json", "real_test_worst_notes.json",
+                  "real_val_loop_datasets.csv", "real_val_loop_paired.json", "real_val_scale.json"):
         (WEIGHTS / "eval" / stale).unlink(missing_ok=True)
     for f in ("config.json", "model.safetensors"):
         shutil.copy2(run / "model" / f, WEIGHTS / f)
@@ -363,32 +368,39 @@ def export_real() -> None:
     (WEIGHTS / "eval").mkdir(exist_ok=True)
     stages = DECODER_STAGES[:DECODER_STAGES.index(SHIPPED_REAL) + 1] if SHIPPED_REAL in DECODER_STAGES else ()
     for stale in [*WEIGHTS.glob("real*_metrics.csv"), *(WEIGHTS / "eval").glob("real*_val_*.json"),
-                  *(WEIGHTS / "eval").glob("real*_loop_ablation.json")]:
+                  *(WEIGHTS / "eval").glob("real*_loop_ablation.json"), *(WEIGHTS / "eval").glob("real?_views.json")]:
         if stale.name.split("_")[0] not in (*REAL_RUNS, *stages):
             stale.unlink()
     for name in stages:  # the decoder stages behind the shipped weights, each with its validation record
-        for f in ("val_summary.json", "val_history.json", "loop_ablation.json"):
-            if f != "loop_ablation.json" or (RUNS / f"default-{name}" / f).is_file():  # (two-round stages only)
-                shutil.copy2(RUNS / f"default-{name}" / f, WEIGHTS / "eval" / f"{name}_{f}")
-        shutil.copy2(RUNS / f"default-{name}" / "metrics.csv", WEIGHTS / f"{name}_metrics.csv")
-    cfg = TrainConfig.load(RUNS / f"default-{REAL_RUNS[-1]}" / "train.json")  # the data real1 (and the stage) saw
-    old = json.loads((WEIGHTS / "targets.json").read_text())
-    write_targets(cfg, WEIGHTS / "targets.json")
-    new = json.loads((WEIGHTS / "targets.json").read_text())
-    merged = {m: sorted(set(old.get(m, [])) | set(new.get(m, []))) for m in sorted(set(old) | set(new))}
-    (WEIGHTS / "targets.json").write_text(json.dumps(merged, indent=1) + "\n")
+        src = RUNS / f"default-{name}"
+        if not src.is_dir() and (WEIGHTS / "eval" / f"{name}_val_summary.json").is_file():
+            continue  # an earlier stage shipped before: its record is here already, its run folder may be gone
+        for f in ("val_summary.json", "val_history.json", "loop_ablation.json", "views.json"):
+            if f in ("val_summary.json", "val_history.json") or (src / f).is_file():  # (two-round, other-view stages)
+                shutil.copy2(src / f, WEIGHTS / "eval" / f"{name}_{f}")
+        shutil.copy2(src / "metrics.csv", WEIGHTS / f"{name}_metrics.csv")
     cases = set(json.loads((WEIGHTS / "training_cases.json").read_text()))
-    for name in REAL_RUNS:
-        r = RUNS / f"default-{name}"
-        for store in TrainConfig.load(r / "train.json").data:
-            cases |= {rec.case_id for rec in iter_records(store, split="train")}
-        shutil.copy2(r / "metrics.csv", WEIGHTS / f"{name}_metrics.csv")
-        plot_losses(r / "metrics.csv", WEIGHTS / f"{name}_loss.png")
+    # every decoder stage trains on the train splits of these two stores: their cases are refused by `rcmed eval`
+    for store in (DATA / "real-built", DATA / "phantoms-11-built"):
+        cases |= {rec.case_id for rec in iter_records(store, split="train")}
+    first = RUNS / f"default-{REAL_RUNS[-1]}" / "train.json"  # the data real1 saw (its run folder, when it is here)
+    if first.is_file():
+        cfg = TrainConfig.load(first)
+        old = json.loads((WEIGHTS / "targets.json").read_text())
+        write_targets(cfg, WEIGHTS / "targets.json")
+        new = json.loads((WEIGHTS / "targets.json").read_text())
+        merged = {m: sorted(set(old.get(m, [])) | set(new.get(m, []))) for m in sorted(set(old) | set(new))}
+        (WEIGHTS / "targets.json").write_text(json.dumps(merged, indent=1) + "\n")
+        for name in REAL_RUNS:
+            r = RUNS / f"default-{name}"
+            for store in TrainConfig.load(r / "train.json").data:
+                cases |= {rec.case_id for rec in iter_records(store, split="train")}
+            shutil.copy2(r / "metrics.csv", WEIGHTS / f"{name}_metrics.csv")
+            plot_losses(r / "metrics.csv", WEIGHTS / f"{name}_loss.png")
     (WEIGHTS / "training_cases.json").write_text(json.dumps(sorted(cases)) + "\n")
-    (WEIGHTS / "eval").mkdir(exist_ok=True)
-    shutil.copy2(RUNS / "real-val" / "datasets.csv", WEIGHTS / "eval" / "real_val_datasets.csv")  # what chose it
-    if (RUNS / "real-val-rules" / "datasets.csv").is_file():  # the same records, with the rules chosen on the first
-        shutil.copy2(RUNS / "real-val-rules" / "datasets.csv", WEIGHTS / "eval" / "real_val_rules_datasets.csv")
+    for run_dir, name in (("real-val", "real_val_datasets.csv"), ("real-val-rules", "real_val_rules_datasets.csv")):
+        if (RUNS / run_dir / "datasets.csv").is_file():  # what chose real1, and the same records with its rules
+            shutil.copy2(RUNS / run_dir / "datasets.csv", WEIGHTS / "eval" / name)
     # The phantom-chosen mirrors, cuts and component rules were chosen for the previous weights: they go. What
     # ships is what `maskpath` chose on real validation data for these weights (in the run's model folder).
     from rcmed.postprocess import FILE, PostprocessRules
@@ -553,7 +565,8 @@ def _decoder_stage(src: Path, run: Path, steps: int, items_run: Path | None = No
     if views:  # validation mean Dice (presence at 0.5) of the source and the kept step, as they are and on other views
         kept = [summarise(score(model, val)), summarise(score(model, other))]
         (run / "views.json").write_text(json.dumps({
-            "questions": len(val), "view_questions": len(other),
+            "questions": len(val), "view_questions": len(other), "train_view_every": view_every,
+            "val_view_every": VIEW_VAL_EVERY, "best_step": best["step"],
             **{f"{who}_{on}": {"mean_dice": mean_dice(sm), "datasets": sm}
                for who, pair in (("source", seen), ("kept", kept)) for on, sm in zip(("as_is", "views"), pair, strict=True)}},
             indent=1))
@@ -848,7 +861,8 @@ def realunet() -> None:
 
     torch.set_num_threads(1)
     t0 = time.time()
-    net = UNetBaseline(DATA / "real-built", budget_s=UNET_BUDGET_S, size=UNET_SIZE, weights=UNET_WEIGHTS)
+    net = UNetBaseline(DATA / "real-built", budget_s=UNET_BUDGET_S, size=UNET_SIZE, weights=UNET_WEIGHTS,
+                       max_steps=UNET_STEPS)
     print(f"U-Net: {net.steps} steps of 8 images at {UNET_SIZE} px in {time.time() - t0:.0f} s -> {UNET_WEIGHTS}")
 
 
@@ -870,7 +884,7 @@ def _unet_reference() -> dict[str, str]:
 
 
 def unetcurve() -> None:
-    """Is UNET_BUDGET_S enough for the U-Net reference to converge? Train it as `realunet` does (one thread, the same
+    """Are UNET_STEPS enough for the U-Net reference to converge? Train it as `realunet` does (one thread, the same
     seed and batches) for UNET_CURVE_FACTOR times the reference's steps (steps, not seconds: a check that runs beside
     other work gets fewer steps in the same time), scoring it every UNET_CURVE_EVERY steps on the real validation
     records (REAL_TEST_PER_DATASET per dataset; Dice per present question, averaged per dataset, then over datasets)
@@ -913,8 +927,8 @@ def unetcurve() -> None:
 
 def realtest() -> None:
     """The one scoring of the shipped model on the real test splits (REAL_TEST_PER_DATASET per dataset), with
-    LiteMedSAM given the true box of each connected component and a MONAI U-Net trained UNET_BUDGET_S CPU
-    seconds on the same train splits, side by side on the same records. Results go to the model folder
+    LiteMedSAM given the true box of each connected component and a MONAI U-Net trained UNET_STEPS steps
+    on the same train splits, side by side on the same records. Results go to the model folder
     (eval/real_test_*), from which the card is written. Run once per shipped model, after every choice."""
     from rcmed.eval.harness import evaluate
 
@@ -925,7 +939,7 @@ def realtest() -> None:
     two = rounds == 2
     rep = evaluate(WEIGHTS, DATA / "real-built", out, split="test", baselines=("litemedsam-cc-box", "unet"), progress=False,
                    describe=False, per_dataset=REAL_TEST_PER_DATASET, unet_budget_s=UNET_BUDGET_S, unet_size=UNET_SIZE,
-                   unet_weights=UNET_WEIGHTS, ablations=("no-loop",) if two else ())
+                   unet_weights=UNET_WEIGHTS, unet_max_steps=UNET_STEPS, ablations=("no-loop",) if two else ())
     print(f"{rep.rows} questions on {rep.cases} test cases in {time.time() - t0:.0f} s -> {out / 'report.md'}")
     _print_datasets(rep.tables["datasets"])
     shipped = WEIGHTS / "eval"

@@ -100,3 +100,27 @@ def test_the_scale_check_names_the_targets_lost_when_smaller(card, tmp_path):
     lines = card.scale_lines()
     assert "| Drishti-GS1 | optic disc | 5 | 1.00 / 0.960 | 0.00 / 0.000 |" in lines
     assert "Lost at × 0.4" in lines[-1] and "optic disc (Drishti-GS1)" in lines[-1] and "skin lesion" not in lines[-1]
+
+
+def test_a_stage_on_other_views_says_whether_its_fixed_criterion_held(card, tmp_path):
+    assert card.views_lines() == []
+
+    def part(mean, a, b):
+        return {"mean_dice": mean, "datasets": {"A": {"dice": a}, "B": {"dice": b}, "phantom-ct": {"dice": 0.9}}}
+
+    head = {"questions": 40, "view_questions": 20, "train_view_every": 3, "val_view_every": 2, "best_step": 150}
+    # as is 0.004 lower (within the slack), other views higher: it held
+    (tmp_path / "tried_realx_views.json").write_text(json.dumps({
+        **head, "source_as_is": part(0.700, 0.6, 0.8), "kept_as_is": part(0.696, 0.6, 0.792),
+        "source_views": part(0.4, 0.3, 0.5), "kept_views": part(0.5, 0.45, 0.55)}))
+    lines = card.views_lines()
+    assert "the criterion held, and `realx` was not shipped" in lines[0]
+    assert "as is 0.700 → 0.696, other views 0.400 → 0.500" in lines[0] and "one real train record in 3" in lines[0]
+    assert "| A | 0.600 | 0.600 | 0.300 | 0.450 |" in lines and not any("phantom-ct" in x for x in lines)
+    (tmp_path / "tried_realx_val_history.json").write_text(json.dumps([{"step": 0, "mean_dice": 0.55}, {"step": 50, "mean_dice": 0.6}]))
+    assert "by step (as is and other views pooled, which chose the step): 0: 0.550, 50: 0.600." in card.views_lines()[0]
+    # as is 0.006 lower: it did not, however much the other views gained
+    (tmp_path / "tried_realx_views.json").write_text(json.dumps({
+        **head, "source_as_is": part(0.700, 0.6, 0.8), "kept_as_is": part(0.694, 0.6, 0.788),
+        "source_views": part(0.4, 0.3, 0.5), "kept_views": part(0.6, 0.55, 0.65)}))
+    assert "the criterion did not hold" in card.views_lines()[0]

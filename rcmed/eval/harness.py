@@ -95,7 +95,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
              baselines: tuple[str, ...] = (), limit: int | None = None, progress: bool = True,
              ablations: tuple[str, ...] = (), unet_budget_s: float = 60.0, describe: bool = True,
              per_dataset: int | None = None, unet_size: int = 128, mask_paths: bool = False,
-             unet_weights: str | Path | None = None) -> EvalReport:
+             unet_weights: str | Path | None = None, unet_max_steps: int | None = None) -> EvalReport:
     """Evaluate one model folder, or several side by side (`--compare`), on `store`'s `split`;
     write cases.jsonl, tables and plots to `out`. The first model is "rcmed" in the tables, the
     others are named by their folder. Ablations of the first model (`ABLATIONS`): "no-loop" (one round), "loop"
@@ -106,7 +106,8 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
     `mask_paths`: also score the first model's other ways from words to a mask (`rcmed.postprocess.MASK_PATHS`:
     "rcmed-box", its predicted box into LiteMedSAM's own decoder; "rcmed-both", box and text query into ours;
     "rcmed-refine", a box per part of its query mask into LiteMedSAM's decoder)
-    on the same answers. `per_dataset`: evaluate at most that many records of each dataset (record `source`), drawn by a
+    on the same answers. The U-Net trains `unet_budget_s` seconds or `unet_max_steps` steps, whichever ends first
+    (`UNetBaseline`), or loads `unet_weights` trained so. `per_dataset`: evaluate at most that many records of each dataset (record `source`), drawn by a
     fixed hash of the record id (the same records on every run and machine)."""
     from tqdm import tqdm
 
@@ -121,7 +122,7 @@ def evaluate(model: str | Path | list[str | Path], store: str | Path, out: str |
         if a not in ABLATIONS:
             raise RCMedInputError("--ablation", f"unknown ablation {a!r}; use one of {sorted(ABLATIONS)} (to compare training "
                                                 "choices, train the other model and pass it with --model)")
-    runners = _baselines(baselines, store, unet_budget_s, unet_size, unet_weights)
+    runners = _baselines(baselines, store, unet_budget_s, unet_size, unet_weights, unet_max_steps)
     asker = _Asker(Predictor.from_pretrained(model_dirs[0]),
                    {_method_name(m, i): Predictor.from_pretrained(m) for i, m in enumerate(model_dirs[1:], start=1)},
                    runners, runners.pop("unet", None), ablations, mask_paths)
@@ -164,10 +165,12 @@ def _refuse_leaks(store: str | Path, model_dirs: list[Path], records: list) -> N
                                           "evaluate on cases the model never saw")
 
 
-def _baselines(names: tuple[str, ...], store, unet_budget_s: float, unet_size: int, unet_weights) -> dict[str, object]:
+def _baselines(names: tuple[str, ...], store, unet_budget_s: float, unet_size: int, unet_weights,
+               unet_max_steps: int | None = None) -> dict[str, object]:
     """The reference methods asked for (`rcmed.eval.baselines`), by name; the U-Net trains (or loads) here."""
     base = {"litemedsam-box": LiteMedSAMBox, "litemedsam-cc-box": LiteMedSAMComponentBoxes, "otsu-watershed": OtsuWatershed,
-            "unet": lambda: UNetBaseline(store, budget_s=unet_budget_s, size=unet_size, weights=unet_weights)}
+            "unet": lambda: UNetBaseline(store, budget_s=unet_budget_s, size=unet_size, weights=unet_weights,
+                                         max_steps=unet_max_steps)}
     runners = {}
     for b in names:
         if b not in base:

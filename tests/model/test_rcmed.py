@@ -66,7 +66,7 @@ def test_closed_loop_changes_the_masks():
 
 
 def test_overfits_phantoms_and_learns_absence(tiny_trained):
-    """Trained by the `tiny_trained` fixture (120 steps on 8 phantoms), reloaded from disk."""
+    """Trained by the `tiny_trained` fixture (180 steps on 8 phantoms), reloaded from disk."""
     m = RCMedModel.from_pretrained(tiny_trained)
     exs = phantom_examples(8)
     dices, absent_presence = [], []
