@@ -368,7 +368,7 @@ def export_real() -> None:
     (WEIGHTS / "eval").mkdir(exist_ok=True)
     stages = DECODER_STAGES[:DECODER_STAGES.index(SHIPPED_REAL) + 1] if SHIPPED_REAL in DECODER_STAGES else ()
     for stale in [*WEIGHTS.glob("real*_metrics.csv"), *(WEIGHTS / "eval").glob("real*_val_*.json"),
-                  *(WEIGHTS / "eval").glob("real*_loop_ablation.json"), *(WEIGHTS / "eval").glob("real?_views.json")]:
+                  *(WEIGHTS / "eval").glob("real*_loop_ablation.json"), *(WEIGHTS / "eval").glob("real*_views.json")]:
         if stale.name.split("_")[0] not in (*REAL_RUNS, *stages):
             stale.unlink()
     for name in stages:  # the decoder stages behind the shipped weights, each with its validation record
