@@ -62,11 +62,17 @@ class Target:
     area_mm2: float | None = None
     volume_ml: float | None = None
     logits: np.ndarray | None = None  # (H, W) float32 mask logits behind `mask` (mean over the averaged views), 2-D only
+    # is the image like the images the model learnt this target from (`rcmed.model.familiarity`)? None: not measured
+    familiar: bool | None = None
+    familiarity: float | None = None  # the image's distance to them, in units of their own median distance
 
     def to_json(self, mask_file: str | None = None) -> dict[str, object]:
         d: dict[str, object] = {"name": self.name, "present": self.present, "score": round(self.score, 4),
                                 "presence": round(self.presence, 4), "box": self.box, "mask": mask_file,
                                 "instances": self.components}
+        if self.familiar is not None:
+            d["familiar"] = self.familiar
+            d["familiarity"] = None if self.familiarity is None else round(self.familiarity, 3)
         if self.volume_ml is not None:
             d["volume_ml"] = round(self.volume_ml, 3)
         else:
@@ -124,6 +130,7 @@ class Predictor:
         self._sam = None  # LiteMedSAM's own decoder, loaded on the first "box" mask path
         self.vocabulary: dict[str, list[str]] | None = None  # modality -> target names taught (targets.json)
         self.modality_head = None  # `rcmed.model.modality.ModalityHead` of the folder, when it has one
+        self.familiarity = None  # `rcmed.model.familiarity.Familiarity` of the folder, when it has one
         self.modality_info: dict[str, object] | None = None  # the image's modality and where it came from
         # encoded images kept between requests (the web page sends the same image again with each click):
         # at most `cache_size`, each for `cache_ttl_s` seconds after its last use
@@ -145,10 +152,12 @@ class Predictor:
         predictor = cls(RCMedModel.from_pretrained(folder), name=folder.name if folder.name != "model" else folder.parent.name,
                         sha256=_model_sha(folder), rules=_rules(folder))
         predictor.folder = folder
+        from rcmed.model.familiarity import Familiarity
         from rcmed.model.modality import ModalityHead
 
         try:
             predictor.modality_head = ModalityHead.load(folder)
+            predictor.familiarity = Familiarity.load(folder)
         except ValueError as err:
             raise ModelNotAvailableError(str(err)) from None
         if (folder / "targets.json").is_file():
@@ -345,7 +354,24 @@ class Predictor:
                 area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None,
                 logits=None if mask is None else logits.float().numpy()))
         text, amended = agree_text(gen.text, targets)
-        return text, targets, amended
+        return self._familiar(text, targets), targets, amended
+
+    def _familiar(self, text: str, targets: list[Target]) -> str:
+        """`text` with a warning for each target asked of an image unlike the images the model learnt it from
+        (`rcmed.model.familiarity`; the targets get `familiar` and `familiarity`): its mask, or its "not found", is
+        then a guess. Unchanged when the model folder has no familiarity statistics."""
+        if self.familiarity is None or self._feats is None:
+            return text
+        for t in targets:
+            checked = self.familiarity.check(self._feats.embedding, t.name)
+            if checked is None:
+                continue
+            t.familiarity, t.familiar = checked
+            if not t.familiar:
+                what = "this mask may be wrong" if t.present else "do not take \"not found\" as absence"
+                text += (f" This image is unlike the images I learnt the {t.name} from "
+                         f"({t.familiarity:.1f} times their usual distance), so {what}.")
+        return text.strip()
 
     def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None,
                       loop: str = "full") -> dict[int, torch.Tensor]:

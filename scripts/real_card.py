@@ -210,9 +210,6 @@ def scale_lines() -> list[str]:
     return lines
 
 
-VIEW_SLACK = 0.005  # real7's criterion, fixed before its run: as-is validation Dice at most this much below its source's
-
-
 def views_lines() -> list[str]:
     """Each decoder stage trained on other fields of view (`real7`; eval/<name>_views.json when it ships,
     eval/tried_<name>_views.json when it does not): validation mean Dice of its source and of the kept step on the
@@ -225,18 +222,19 @@ def views_lines() -> list[str]:
         parts = [("source_as_is", "source, as is"), ("kept_as_is", "kept, as is"),
                  ("source_views", "source, other view"), ("kept_views", "kept, other view")]
         means = {k: v[k]["mean_dice"] for k, _ in parts}
-        held = means["kept_as_is"] >= means["source_as_is"] - VIEW_SLACK and means["kept_views"] > means["source_views"]
+        held, slack = v["held"], v["slack"]  # the recipe's verdict on its own criterion (`view_verdict`)
+        out_range, in_range = "-".join(f"{x:g}" for x in v["zoom_out"]), "-".join(f"{x:g}" for x in v["zoom_in"])
         history = path.with_name(path.name.replace("_views.json", "_val_history.json"))
         steps = (" Validation mean Dice by step (as is and other views pooled, which chose the step): "
                  + ", ".join(f"{h['step']}: {h['mean_dice']:.3f}" for h in json.loads(history.read_text())) + "."
                  if history.is_file() else "")
         lines += [f"**Other fields of view: `{name}`** (`python scripts/train_default.py {name}`: the decoder stage from "
                   f"the weights it replaces, one real train record in {v['train_view_every']} also asked on another view "
-                  "of its image, zoomed out to 0.4-0.85 of its side on its own background colour or zoomed into a crop "
-                  f"that keeps each present target (`rcmed/data/views.py`). Validation, {v['questions']} questions as "
+                  f"of its image, zoomed out to {out_range} of its side on its own background colour or zoomed into a crop "
+                  f"of {in_range} of its side that keeps each present target (`rcmed/data/views.py`). Validation, {v['questions']} questions as "
                   f"they are and {v['view_questions']} on other views, words alone, presence at 0.5, no rules; step "
                   f"{v['best_step']} kept, step 0 being the source.) Fixed before the run: it replaces its source only "
-                  f"if its as-is mean Dice is at most {VIEW_SLACK} below the source's and its other-view mean Dice is "
+                  f"if its as-is mean Dice is at most {slack} below the source's and its other-view mean Dice is "
                   f"higher. Result: as is {means['source_as_is']:.3f} → {means['kept_as_is']:.3f}, other views "
                   f"{means['source_views']:.3f} → {means['kept_views']:.3f}; the criterion "
                   f"{'held' if held else 'did not hold'}, and `{name}` {'was not shipped' if tried else 'ships'}.{steps}", "",
@@ -246,6 +244,58 @@ def views_lines() -> list[str]:
             lines.append(f"| {d} | " + " | ".join(_fmt(v[k]["datasets"].get(d, {}).get("dice")) for k, _ in parts) + " |")
         lines.append("")
     return lines
+
+
+def familiarity_lines() -> list[str]:
+    """Does the answer's "this image is unlike the images I learnt the X from" mean anything? From
+    eval/familiarity_val.json (`python scripts/train_default.py familiarity`): the statistics, the cut chosen on half
+    A of the validation images, and on half B, as they are and on another field of view: share called familiar and
+    mean Dice of the present targets called familiar and not, per kind and per dataset."""
+    path = EVAL / "familiarity_val.json"
+    if not path.is_file():
+        return ["(no familiarity statistics: `python scripts/train_default.py familiarity` not run)"]
+    v = json.loads(path.read_text())
+    rows = v["half_b"]
+    from rcmed.model.pretrained import sha256
+
+    shipped = sha256(WEIGHTS / "model.safetensors")
+    stale = "" if v.get("model_sha256") == shipped else (
+        f" **Measured with weights `{str(v.get('model_sha256'))[:12]}`, not the shipped `{shipped[:12]}`:** the statistics depend "
+        "only on the frozen encoder and the training images, but the Dice columns below are out of date until the step "
+        "runs again.")
+
+    def stats(rs: list[dict]) -> tuple[str, str, str, str]:
+        dices = [r for r in rs if r["dice"] is not None]
+        fam = [r["dice"] for r in dices if r["familiar"]]
+        unf = [r["dice"] for r in dices if not r["familiar"]]
+        share = _fmt(float(np.mean([r["familiar"] for r in rs])), 2) if rs else "–"
+        return (f"{len(rs)}", share, f"{_fmt(float(np.mean(fam))) if fam else '–'} ({len(fam)})",
+                f"{_fmt(float(np.mean(unf))) if unf else '–'} ({len(unf)})")
+
+    lines = [f"**Familiarity: is the image like those the target was taught on?** (`rcmed.model.familiarity`; "
+             f"`python scripts/train_default.py familiarity`.) Per target, a Gaussian of the encoder's pooled features "
+             f"({v['components']} PCA components, Ledoit-Wolf covariance) for each real dataset "
+             f"({v['train_per_dataset']} train images of each) and each phantom modality it was taught on: "
+             f"{v['gaussians']} Gaussians from {v['train_images']} train images. An image's ratio is its distance to the "
+             f"nearest, in units of that group's median distance over its own train images. The cut, "
+             f"{v['cut']:.2f}, is the {v['keep']} quantile of the ratios of {v['half_a_questions']} validation questions "
+             "(half A of the validation images, by a hash of the record id; each name an image was asked about with "
+             "a mask), fixed before half B was looked at. Above it the answer warns that the mask, or the 'not found', "
+             "may be wrong; the mask and the decision are not changed. Half B of the validation images, as they are "
+             "and on one other field of view of each (`rcmed.data.views.random_view`: zoomed out or into a crop), "
+             f"words alone, as shipped:{stale}", "",
+             "| images | questions | called familiar | mean Dice, present targets called familiar (questions) | "
+             "... called unfamiliar (questions) |", "|---|---|---|---|---|"]
+    for kind in ("as is", "view"):
+        lines.append(f"| {kind if kind == 'as is' else 'other view'} | " + " | ".join(stats([r for r in rows if r["kind"] == kind])) + " |")
+    lines += ["", "Per dataset (half B; share called familiar, as is / other view):", "",
+              "| dataset | questions | familiar, as is | familiar, other view | Dice as is: familiar / unfamiliar | "
+              "Dice other view: familiar / unfamiliar |", "|---|---|---|---|---|---|"]
+    for d in sorted({r["dataset"] for r in rows}):
+        a = stats([r for r in rows if r["dataset"] == d and r["kind"] == "as is"])
+        b = stats([r for r in rows if r["dataset"] == d and r["kind"] == "view"])
+        lines.append(f"| {d} | {a[0]} | {a[1]} | {b[1]} | {a[2]} / {a[3]} | {b[2]} / {b[3]} |")
+    return [*lines, ""]
 
 
 def unet_curve_lines() -> list[str]:
@@ -669,6 +719,7 @@ def build() -> tuple[str, str]:
         *scale_lines(),
         "",
         *views_lines(),
+        *familiarity_lines(),
         "**Every model scored on the real test splits:**",
         "",
         "| weights (sha256) | rules (sha256 of postprocess.json) | loop rounds | shipped | mean Dice over datasets | scored on |",

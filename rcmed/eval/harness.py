@@ -247,7 +247,9 @@ class _Asker:
                "target": name, "task": "segment", "present": present, "presence": round(p, 4), "called": called,
                "answer": answer.text,
                # answered "not trained for this" by the vocabulary (never taught, or only on other modalities)
-               "refused": bool(answer.unknown or answer.off_modality)}
+               "refused": bool(answer.unknown or answer.off_modality),
+               # did the answer warn that the image is unlike those the target was taught on (`rcmed.model.familiarity`)?
+               "familiar": got.familiar if got is not None else None}
         tally.registry[(rec.modality, rec.body_region, name, "presence")].append(float(called == present))
         if not present:
             return row

@@ -162,6 +162,17 @@ def test_unet_trains_to_a_step_count_and_its_weights_say_so(store, tmp_path):
         UNetBaseline(store, budget_s=float("inf"), size=64, max_steps=8, weights=w)
 
 
+def test_evaluate_trains_the_unet_reference_to_the_step_count_it_is_given(tiny_trained, store, tmp_path):
+    """`realtest` defines the U-Net reference by its steps (`evaluate(unet_max_steps=)`), not by a wall-clock budget."""
+    from safetensors import safe_open
+
+    w = tmp_path / "unet.safetensors"
+    evaluate(tiny_trained, store, tmp_path / "u", baselines=("unet",), unet_budget_s=float("inf"), unet_size=64,
+             unet_weights=w, unet_max_steps=3, progress=False, describe=False)
+    with safe_open(str(w), "pt") as fh:
+        assert fh.metadata()["steps"] == "3" and fh.metadata()["max_steps"] == "3"
+
+
 def test_per_dataset_table_with_component_box_oracle(tiny_trained, tmp_path):
     """A pairs store of two datasets: one table row per dataset and method, presence split into present and
     absent questions, nuclei scored by instance F1 and AJI, and the per-component-box oracle beside them."""
