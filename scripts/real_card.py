@@ -171,13 +171,24 @@ def demo_lines(shipped_sha: str) -> list[str]:
              f"on each overlay ({seen['looked_at']}, weights `{seen['model_sha256'][:12]}`"
              + (", the shipped ones" if same else f"; **not the shipped weights** `{shipped_sha[:12]}`: these notes are "
                                                   f"out of date until the overlays are looked at again") + "):", "",
-             "| case | request | verdict | seen on the overlay |", "|---|---|---|---|"]
+             "| case | request | verdict | the answer warns the image is unfamiliar | seen on the overlay |",
+             "|---|---|---|---|---|"]
+    warned = {case: c.get("warned") for case, c in seen["cases"].items()}  # (`rcmed.model.familiarity`; None: not noted)
     for case, c in seen["cases"].items():
-        lines.append(f"| {case} | {c['prompt']} | {c['verdict']} | {c['seen']} |")
+        w = "–" if warned[case] is None else ("yes" if warned[case] else "no")
+        lines.append(f"| {case} | {c['prompt']} | {c['verdict']} | {w} | {c['seen']} |")
     verdicts = [c["verdict"] for c in seen["cases"].values()]
     lines += ["", f"Right on {verdicts.count('right')} of {len(verdicts)}."
               + (" The per-dataset test table says how the model does on images like those it was trained on; these "
                  "show what it does on images unlike any of them." if verdicts.count("right") < len(verdicts) else "")]
+    noted = [case for case, w in warned.items() if w is not None]
+    if noted:
+        not_right = [case for case in noted if seen["cases"][case]["verdict"] != "right"]
+        lines[-1] += (f" The answer warned that the image is unlike those the target was taught on for "
+                      f"{sum(bool(warned[c]) for c in noted)} of {len(noted)}, and for "
+                      f"{sum(bool(warned[c]) for c in not_right)} of the {len(not_right)} not answered right.")
+    if seen.get("note"):
+        lines += ["", str(seen["note"])]
     return lines
 
 
@@ -288,6 +299,15 @@ def familiarity_lines() -> list[str]:
              "... called unfamiliar (questions) |", "|---|---|---|---|---|"]
     for kind in ("as is", "view"):
         lines.append(f"| {kind if kind == 'as is' else 'other view'} | " + " | ".join(stats([r for r in rows if r["kind"] == kind])) + " |")
+    present = [r for r in rows if r["dice"] is not None]
+    if present and 0 < sum(r["dice"] < 0.5 for r in present) < len(present):
+        from sklearn.metrics import roc_auc_score
+
+        auc = roc_auc_score([r["dice"] < 0.5 for r in present], [r["ratio"] for r in present])
+        lines += ["", f"Over half B's {len(present)} present questions (as is and other views together), the ratio ranks a "
+                      f"question whose Dice is below 0.5 above one whose Dice is 0.5 or more with AUROC {auc:.2f}. The "
+                      "warning says whether the image is like the training images, not whether the mask is right: a "
+                      "familiar image can still get a poor mask, and an unfamiliar one a good mask."]
     lines += ["", "Per dataset (half B; share called familiar, as is / other view):", "",
               "| dataset | questions | familiar, as is | familiar, other view | Dice as is: familiar / unfamiliar | "
               "Dice other view: familiar / unfamiliar |", "|---|---|---|---|---|---|"]

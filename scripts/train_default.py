@@ -820,10 +820,24 @@ FAMILIARITY_TRAIN_PER_DATASET = 50  # train images per real dataset behind the f
 FAMILIARITY_KEEP = 0.95  # the cut calls this share of validation questions (half A) familiar; fixed before measuring
 
 
-def _taught(rec) -> list[str]:
-    """The names a store record was asked about with a mask, empty or not (its targets and instance target; not
-    the names of other body regions it lists as absent)."""
-    return list(dict.fromkeys([*rec.targets, *([rec.instance_target] if rec.instance_target else [])]))
+def _taught(rec, own: dict[str, set[str]]) -> list[str]:
+    """The names a store record was asked about with a mask, empty or not: its targets and instance target, and the
+    names it lists as absent that its own dataset segments elsewhere (`own`: source -> those names; an LGG slice
+    without tumour), not the names of other body regions it lists as absent."""
+    mine = own.get(rec.source, set())
+    return list(dict.fromkeys([*rec.targets, *([rec.instance_target] if rec.instance_target else []),
+                               *(n for n in rec.absent if n in mine)]))
+
+
+def _own_names(*stores: Path) -> dict[str, set[str]]:
+    """Source -> every name its records segment (targets and instance targets), over `stores`."""
+    from rcmed.data.store import iter_records
+
+    own: dict[str, set[str]] = {}
+    for store in stores:
+        for rec in iter_records(store):
+            own.setdefault(rec.source, set()).update([*rec.targets, *([rec.instance_target] if rec.instance_target else [])])
+    return own
 
 
 def _familiarity_features(records: list[tuple[str, object]], cache: Path) -> dict[str, list[float]]:
@@ -883,11 +897,12 @@ def familiarity() -> None:
     train += [(phantoms, rec) for rec in iter_records(phantoms, split="train")]
     val = [(real, rec) for rec in iter_records(real, split="val")]
     feats = _familiarity_features(train + val, RUNS / "familiarity" / "features.json")
-    groups = [[f"{n}|{rec.source if store == real else 'phantom-' + rec.modality}" for n in _taught(rec)]
+    own = _own_names(real, phantoms)
+    groups = [[f"{n}|{rec.source if store == real else 'phantom-' + rec.modality}" for n in _taught(rec, own)]
               for store, rec in train]
     fam = fit(np.array([feats[rec.id] for _, rec in train]), groups)
     half = {rec.id: zlib.crc32(rec.id.encode()) % 2 for _, rec in val}
-    questions = [(rec, n) for _, rec in val for n in _taught(rec)]
+    questions = [(rec, n) for _, rec in val for n in _taught(rec, own)]
     ratio = {}  # (record id, name) -> familiarity ratio, for the names the statistics know
     for rec, n in questions:
         r = fam.ratios(np.array([feats[rec.id]]), n)
@@ -909,8 +924,13 @@ def familiarity() -> None:
         view = random_view(sample, random.Random(zlib.crc32(rec.id.encode())))
         for kind, s in (("as is", sample), ("view", view)):
             p.set_image(dataclasses.replace(img, array=s.image))
-            for k, name in enumerate(_taught(rec)):
-                true = s.masks[k] if k < len(rec.targets) else (s.instances > 0)
+            for name in _taught(rec, own):
+                if name in rec.targets:
+                    true = np.asarray(s.masks[rec.targets.index(name)], bool)
+                elif name == rec.instance_target:
+                    true = s.instances > 0
+                else:  # its dataset's target, absent here (an empty mask)
+                    true = np.zeros(s.image.shape[:2], bool)
                 t = next((t for t in p.predict(f"Segment the {name}.").targets if t.name == name), None)
                 if t is None or t.familiar is None:
                     continue

@@ -84,9 +84,17 @@ def test_the_demo_notes_say_which_weights_they_were_seen_with(card, tmp_path):
         "ihc": {"prompt": "Segment the nuclei.", "verdict": "wrong", "seen": "the glands"}}}
     (tmp_path / "demo_seen.json").write_text(json.dumps(seen))
     lines = card.demo_lines("a" * 64)
-    assert "the shipped ones" in lines[0] and "| ihc | Segment the nuclei. | wrong | the glands |" in lines
+    assert "the shipped ones" in lines[0] and "| ihc | Segment the nuclei. | wrong | – | the glands |" in lines
     assert lines[-1].startswith("Right on 1 of 2.")
     assert "not the shipped weights" in card.demo_lines("b" * 64)[0]  # new weights: the notes are out of date
+    # with what the answer said of the image's familiarity
+    seen["cases"]["ct"]["warned"], seen["cases"]["ihc"]["warned"] = False, True
+    seen["note"] = "A packaged sample was warned on too."
+    (tmp_path / "demo_seen.json").write_text(json.dumps(seen))
+    lines = card.demo_lines("a" * 64)
+    assert "| ihc | Segment the nuclei. | wrong | yes | the glands |" in lines and "| ct | Segment the liver. | right | no |" in lines[-6]
+    assert "warned that the image is unlike those the target was taught on for 1 of 2, and for 1 of the 1 not answered right" in lines[-3]
+    assert lines[-1] == "A packaged sample was warned on too."
 
 
 def test_the_scale_check_names_the_targets_lost_when_smaller(card, tmp_path):
@@ -159,6 +167,8 @@ def test_familiarity_says_what_the_warning_catches_on_validation(card, tmp_path)
     assert "| other view | 2 | 0.50 | 0.700 (1) | 0.200 (1) |" in lines
     assert "| A | 3 | 1.00 | 0.50 | 0.700 (2) / – (0) | 0.700 (1) / 0.200 (1) |" in lines
     assert "| B | 1 | 0.00 | – | – (0) / 0.100 (1) | – (0) / – (0) |" in lines
+    # present questions by ratio: 1.0 (0.8), 1.0 (0.6), 4.0 (0.2), 1.0 (0.7), 4.0 (0.1): both Dice < 0.5 rank above
+    assert any("Over half B's 5 present questions" in x and "AUROC 1.00" in x for x in lines)
     assert "not the shipped" not in lines[0]
     v = json.loads((tmp_path / "familiarity_val.json").read_text())
     (tmp_path / "familiarity_val.json").write_text(json.dumps({**v, "model_sha256": "0" * 64}))
