@@ -8,15 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from rcmed.data.synth import synth
 from rcmed.io.image import MedicalImage, Modality
-from rcmed.io.normalize import normalize
 from rcmed.model.familiarity import FILE, Familiarity, choose_cut, fit
 from rcmed.model.modality import pooled
-from rcmed.model.processing import prepare_image
-from rcmed.model.rcmed import RCMedModel
 from rcmed.predictor import ModelNotAvailableError, Predictor
 
 
@@ -68,18 +64,16 @@ def test_missing_or_damaged_statistics(tmp_path):
         Familiarity.load(tmp_path)
 
 
-def _embedding(model: RCMedModel, image: MedicalImage) -> torch.Tensor:
-    with torch.inference_mode():
-        return model.encode(prepare_image(normalize(image), model.config.vision.img_size)[0][None]).embedding
-
-
 @pytest.fixture(scope="module")
 def familiar_ct(tiny_trained, tmp_path_factory):
     """The tiny model with familiarity statistics of the liver fitted on CT phantoms, its cut at their 0.95 quantile."""
     folder = tmp_path_factory.mktemp("familiar") / "model"
     shutil.copytree(tiny_trained, folder)
-    model = RCMedModel.from_pretrained(folder)
-    feats = [pooled(_embedding(model, synth("ct", s, size=64).image))[0].numpy() for s in range(12)]
+    p = Predictor.from_pretrained(folder)  # (the features as the predictor computes them)
+    feats = []
+    for s in range(12):
+        p.set_image(synth("ct", s, size=64).image)
+        feats.append(pooled(p._feats.embedding.float())[0].numpy())
     fam = fit(np.stack(feats), [["liver|phantom-ct"]] * 12, components=4)
     fam.cut = choose_cut(fam.ratios(np.stack(feats), "liver"), 0.95) * 1.5
     fam.save(folder)
