@@ -362,8 +362,11 @@ class Predictor:
         then a guess. Unchanged when the model folder has no familiarity statistics."""
         if self.familiarity is None or self._feats is None:
             return text
+        from rcmed.model.familiarity import features
+
+        feats = features(self._feats.embedding)  # once for every target of the answer
         for t in targets:
-            checked = self.familiarity.check(self._feats.embedding, t.name)
+            checked = self.familiarity.check(feats, t.name)
             if checked is None:
                 continue
             t.familiarity, t.familiar = checked

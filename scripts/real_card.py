@@ -257,7 +257,7 @@ def views_lines() -> list[str]:
     return lines
 
 
-def familiarity_lines() -> list[str]:
+def familiarity_lines(shipped_sha: str) -> list[str]:
     """Does the answer's "this image is unlike the images I learnt the X from" mean anything? From
     eval/familiarity_val.json (`python scripts/train_default.py familiarity`): the statistics, the cut chosen on half
     A of the validation images, and on half B, as they are and on another field of view: share called familiar and
@@ -267,11 +267,8 @@ def familiarity_lines() -> list[str]:
         return ["(no familiarity statistics: `python scripts/train_default.py familiarity` not run)"]
     v = json.loads(path.read_text())
     rows = v["half_b"]
-    from rcmed.model.pretrained import sha256
-
-    shipped = sha256(WEIGHTS / "model.safetensors")
-    stale = "" if v.get("model_sha256") == shipped else (
-        f" **Measured with weights `{str(v.get('model_sha256'))[:12]}`, not the shipped `{shipped[:12]}`:** the statistics depend "
+    stale = "" if v.get("model_sha256") == shipped_sha else (
+        f" **Measured with weights `{str(v.get('model_sha256'))[:12]}`, not the shipped `{shipped_sha[:12]}`:** the statistics depend "
         "only on the frozen encoder and the training images, but the Dice columns below are out of date until the step "
         "runs again.")
 
@@ -739,7 +736,7 @@ def build() -> tuple[str, str]:
         *scale_lines(),
         "",
         *views_lines(),
-        *familiarity_lines(),
+        *familiarity_lines(shipped_sha),
         "**Every model scored on the real test splits:**",
         "",
         "| weights (sha256) | rules (sha256 of postprocess.json) | loop rounds | shipped | mean Dice over datasets | scored on |",

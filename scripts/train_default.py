@@ -841,13 +841,13 @@ def _own_names(*stores: Path) -> dict[str, set[str]]:
 
 
 def _familiarity_features(records: list[tuple[str, object]], cache: Path) -> dict[str, list[float]]:
-    """Pooled encoder features (`rcmed.model.modality.pooled`) of (store, record) images as the shipped predictor
+    """Pooled encoder features (`rcmed.model.familiarity.features`) of (store, record) images as the shipped predictor
     encodes them, by record id, cached in `cache` (JSON; not committed: a record's features are its image's)."""
     import torch
 
     from rcmed.data.store import read_sample
     from rcmed.eval.harness import record_image
-    from rcmed.model.modality import pooled
+    from rcmed.model.familiarity import features
     from rcmed.predictor import Predictor
 
     feats = {r["id"]: r["feat"] for r in json.loads(cache.read_text())} if cache.is_file() else {}
@@ -858,7 +858,7 @@ def _familiarity_features(records: list[tuple[str, object]], cache: Path) -> dic
         p.cache_size = 0
         for k, (store, rec) in enumerate(todo):
             p.set_image(record_image(rec, read_sample(store, rec)))
-            feats[rec.id] = pooled(p._feats.embedding.float())[0].tolist()
+            feats[rec.id] = features(p._feats.embedding)[0].tolist()
             if k % 50 == 49 or k == len(todo) - 1:
                 print(f"familiarity: {k + 1} of {len(todo)} images encoded", flush=True)
                 cache.parent.mkdir(parents=True, exist_ok=True)

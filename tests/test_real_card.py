@@ -146,7 +146,8 @@ def test_a_stage_on_other_views_says_whether_its_fixed_criterion_held(card, tmp_
 
 
 def test_familiarity_says_what_the_warning_catches_on_validation(card, tmp_path):
-    assert "not run" in card.familiarity_lines()[0]
+    shipped = "a" * 64
+    assert "not run" in card.familiarity_lines(shipped)[0]
 
     def row(dataset, kind, familiar, dice):
         return {"dataset": dataset, "record": "r", "target": "t", "kind": kind, "present": dice is not None,
@@ -154,13 +155,10 @@ def test_familiarity_says_what_the_warning_catches_on_validation(card, tmp_path)
 
     rows = [row("A", "as is", True, 0.8), row("A", "as is", True, 0.6), row("A", "as is", True, None),
             row("A", "view", False, 0.2), row("A", "view", True, 0.7), row("B", "as is", False, 0.1)]
-    from rcmed.model.pretrained import sha256
-
-    shipped = sha256(ROOT / "rcmed" / "weights" / "default" / "model.safetensors")
     (tmp_path / "familiarity_val.json").write_text(json.dumps({
         "file": "familiarity.safetensors", "model_sha256": shipped, "components": 16, "gaussians": 30, "train_images": 800,
         "train_per_dataset": 50, "keep": 0.95, "cut": 2.5, "half_a_questions": 150, "half_b": rows}))
-    lines = card.familiarity_lines()
+    lines = card.familiarity_lines(shipped)
     assert "30 Gaussians from 800 train images" in lines[0] and "The cut, 2.50, is the 0.95 quantile of the ratios of 150" in lines[0]
     # as is: 4 questions, 3 of 4 familiar; Dice of present targets: familiar (0.8 + 0.6) / 2, unfamiliar 0.1
     assert "| as is | 4 | 0.75 | 0.700 (2) | 0.100 (1) |" in lines
@@ -172,4 +170,4 @@ def test_familiarity_says_what_the_warning_catches_on_validation(card, tmp_path)
     assert "not the shipped" not in lines[0]
     v = json.loads((tmp_path / "familiarity_val.json").read_text())
     (tmp_path / "familiarity_val.json").write_text(json.dumps({**v, "model_sha256": "0" * 64}))
-    assert "**Measured with weights `000000000000`, not the shipped" in card.familiarity_lines()[0]
+    assert "**Measured with weights `000000000000`, not the shipped" in card.familiarity_lines(shipped)[0]

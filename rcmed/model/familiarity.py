@@ -39,6 +39,18 @@ COMPONENTS = 16  # PCA components of the pooled features (fixed before any measu
 MIN_IMAGES = 8  # fewer training images than this in a group: no Gaussian for it
 
 
+def features(embedding: torch.Tensor) -> np.ndarray:
+    """(B, C, h, w) encoder embedding -> (B, 2C) pooled features (`rcmed.model.modality.pooled`), as the statistics
+    are fitted on."""
+    return pooled(embedding.float()).numpy()
+
+
+def _distances(z: np.ndarray, centre: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(N,) Mahalanobis distances of (N, k) projected features to one Gaussian."""
+    d = z - centre
+    return np.sqrt(np.einsum("ni,ij,nj->n", d, precision, d))
+
+
 @dataclass
 class Familiarity:
     """Per-target Gaussians over projected encoder features. `keys`: one per Gaussian, "name|group"."""
@@ -64,15 +76,12 @@ class Familiarity:
         if not rows:
             return None
         z = self.project(feats)
-        out = []
-        for g in rows:
-            d = z - self.centres[g]
-            out.append(np.sqrt(np.einsum("ni,ij,nj->n", d, self.precisions[g], d)) / self.medians[g])
-        return np.min(out, axis=0)
+        return np.min([_distances(z, self.centres[g], self.precisions[g]) / self.medians[g] for g in rows], axis=0)
 
-    def check(self, embedding: torch.Tensor, name: str) -> tuple[float, bool] | None:
-        """(1, C, h, w) encoder embedding -> (familiarity ratio, familiar?) for target `name`, None when unknown."""
-        r = self.ratios(pooled(embedding.float()).numpy(), name)
+    def check(self, feats: np.ndarray, name: str) -> tuple[float, bool] | None:
+        """(1, 512) pooled features of one image (`features`) -> (familiarity ratio, familiar?) for target `name`,
+        None when unknown."""
+        r = self.ratios(feats, name)
         return None if r is None else (float(r[0]), bool(r[0] <= self.cut))
 
     def save(self, folder: str | Path) -> Path:
@@ -133,8 +142,7 @@ def fit(feats: np.ndarray, groups: list[list[str]], components: int = COMPONENTS
         if len(rows) < min_images:
             continue
         lw = LedoitWolf().fit(z[rows])
-        d = z[rows] - lw.location_
-        dist = np.sqrt(np.einsum("ni,ij,nj->n", d, lw.precision_, d))
+        dist = _distances(z[rows], lw.location_, lw.precision_)
         keys.append(key)
         centres.append(lw.location_)
         precisions.append(lw.precision_)

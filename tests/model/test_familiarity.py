@@ -11,8 +11,7 @@ import pytest
 
 from rcmed.data.synth import synth
 from rcmed.io.image import MedicalImage, Modality
-from rcmed.model.familiarity import FILE, Familiarity, choose_cut, fit
-from rcmed.model.modality import pooled
+from rcmed.model.familiarity import FILE, Familiarity, choose_cut, features, fit
 from rcmed.predictor import ModelNotAvailableError, Predictor
 
 
@@ -73,7 +72,7 @@ def familiar_ct(tiny_trained, tmp_path_factory):
     feats = []
     for s in range(12):
         p.set_image(synth("ct", s, size=64).image)
-        feats.append(pooled(p._feats.embedding.float())[0].numpy())
+        feats.append(features(p._feats.embedding)[0])
     fam = fit(np.stack(feats), [["liver|phantom-ct"]] * 12, components=4)
     fam.cut = choose_cut(fam.ratios(np.stack(feats), "liver"), 0.95) * 1.5
     fam.save(folder)
