@@ -354,26 +354,27 @@ class Predictor:
                 area_mm2=area * spacing[0] * spacing[1] if (area is not None and spacing) else None,
                 logits=None if mask is None else logits.float().numpy()))
         text, amended = agree_text(gen.text, targets)
-        return self._familiar(text, targets), targets, amended
+        return self._familiar(text, targets, self._feats), targets, amended
 
-    def _familiar(self, text: str, targets: list[Target]) -> str:
+    def _familiar(self, text: str, targets: list[Target], vision: VisionFeatures | None, what: str = "image") -> str:
         """`text` with a warning for each target asked of an image unlike the images the model learnt it from
-        (`rcmed.model.familiarity`; the targets get `familiar` and `familiarity`): its mask, or its "not found", is
+        (`rcmed.model.familiarity`, on the encoder features `vision` of the image, or of a volume's middle slice, the
+        one its text is answered on; the targets get `familiar` and `familiarity`): its mask, or its "not found", is
         then a guess. Unchanged when the model folder has no familiarity statistics."""
-        if self.familiarity is None or self._feats is None:
+        if self.familiarity is None or vision is None:
             return text
         from rcmed.model.familiarity import features
 
-        feats = features(self._feats.embedding)  # once for every target of the answer
+        feats = features(vision.embedding)  # once for every target of the answer
         for t in targets:
             checked = self.familiarity.check(feats, t.name)
             if checked is None:
                 continue
             t.familiarity, t.familiar = checked
             if not t.familiar:
-                what = "this mask may be wrong" if t.present else "do not take \"not found\" as absence"
-                text += (f" This image is unlike the images I learnt the {t.name} from "
-                         f"({t.familiarity:.1f} times their usual distance), so {what}.")
+                so = "this mask may be wrong" if t.present else "do not take \"not found\" as absence"
+                text += (f" This {what} is unlike the images I learnt the {t.name} from "
+                         f"({t.familiarity:.1f} times their usual distance), so {so}.")
         return text.strip()
 
     def _box_prompted(self, prompt: str, gen: Generation, paths: list[str], rounds: int | None,
@@ -519,9 +520,9 @@ class Predictor:
 
         n = len(stack)
         mid = n // 2
-        pix, geom = prepare_image(norm[mid], self.size)
+        pix, geom, middle = self._encode(norm[mid])  # (cached: every question of a volume asks the same slice)
         with torch.inference_mode():
-            first = self.model.generate(pix[None], prompt)
+            first = self.model.generate(pix[None], prompt, feats=middle)
         names = [t.name for t in first.targets]
         if not names:
             return Answer(text=first.text, targets=[])
@@ -556,7 +557,8 @@ class Predictor:
                 components=int(ndi.label(m3)[1]) if present else None, area_px=int(m3.sum()) if present else None,
                 volume_ml=float(m3.sum()) * voxel_ml if (present and voxel_ml is not None) else None))
         text, amended = agree_text(first.text, targets)  # the middle slice's words, the whole volume's decisions
-        return Answer(text=grammar(text, names), targets=first_of_each(targets), amended=amended)
+        text = self._familiar(grammar(text, names), targets, middle, what="volume")
+        return Answer(text=text, targets=first_of_each(targets), amended=amended)
 
     def answer_json(self, answer: Answer, mask_files: list[str | None] | None = None) -> dict[str, object]:
         """The public `answer.json` layout (see README)."""

@@ -280,10 +280,13 @@ def familiarity_lines(shipped_sha: str) -> list[str]:
         return (f"{len(rs)}", share, f"{_fmt(float(np.mean(fam))) if fam else '–'} ({len(fam)})",
                 f"{_fmt(float(np.mean(unf))) if unf else '–'} ({len(unf)})")
 
+    sp = v.get("small_phantoms")
+    small = (f" (phantoms at 256 px, and {sp['per_modality']} of each modality at {sp['side']} px as groups of their own: "
+             f"the phantom stages drew one phantom in 5 at that side)") if sp else ""
     lines = [f"**Familiarity: is the image like those the target was taught on?** (`rcmed.model.familiarity`; "
              f"`python scripts/train_default.py familiarity`.) Per target, a Gaussian of the encoder's pooled features "
              f"({v['components']} PCA components, Ledoit-Wolf covariance) for each real dataset "
-             f"({v['train_per_dataset']} train images of each) and each phantom modality it was taught on: "
+             f"({v['train_per_dataset']} train images of each) and each phantom modality it was taught on{small}: "
              f"{v['gaussians']} Gaussians from {v['train_images']} train images. An image's ratio is its distance to the "
              f"nearest, in units of that group's median distance over its own train images. The cut, "
              f"{v['cut']:.2f}, is the {v['keep']} quantile of the ratios of {v['half_a_questions']} validation questions "
@@ -312,6 +315,22 @@ def familiarity_lines(shipped_sha: str) -> list[str]:
         a = stats([r for r in rows if r["dataset"] == d and r["kind"] == "as is"])
         b = stats([r for r in rows if r["dataset"] == d and r["kind"] == "view"])
         lines.append(f"| {d} | {a[0]} | {a[1]} | {b[1]} | {a[2]} / {a[3]} | {b[2]} / {b[3]} |")
+    return [*lines, "", *_familiarity_volume_lines(v.get("volumes") or [])]
+
+
+def _familiarity_volume_lines(rows: list[dict]) -> list[str]:
+    """A volume's familiarity is measured on its middle slice: fresh 3-D phantoms answered as volumes, per modality and
+    side, share called familiar, the largest ratio and mean Dice (from familiarity_val.json's "volumes")."""
+    if not rows:
+        return ["(volumes: not measured by this run of the step)", ""]
+    lines = ["Volumes are judged on their middle slice, the one the answer's words come from. Fresh 3-D phantoms "
+             "(a seed no store used), answered as volumes, the largest targets of the middle slice asked:", "",
+             "| modality | side (px) | volumes | questions | called familiar | largest ratio | mean Dice |", "|---|---|---|---|---|---|---|"]
+    for mod, side in sorted({(r["modality"], r["side"]) for r in rows}, key=lambda k: (k[0], -k[1])):
+        rs = [r for r in rows if r["modality"] == mod and r["side"] == side]
+        lines.append(f"| {mod} | {side} | {len({r['volume'] for r in rs})} | {len(rs)} | "
+                     f"{_fmt(float(np.mean([r['familiar'] for r in rs])), 2)} | {max(r['ratio'] for r in rs):.2f} | "
+                     f"{_fmt(float(np.mean([r['dice'] for r in rs])))} |")
     return [*lines, ""]
 
 

@@ -818,6 +818,14 @@ def modality(folder: Path = RUNS / "default-real2" / "model") -> None:  # (copie
 
 FAMILIARITY_TRAIN_PER_DATASET = 50  # train images per real dataset behind the familiarity statistics (encoding costs ~2 s)
 FAMILIARITY_KEEP = 0.95  # the cut calls this share of validation questions (half A) familiar; fixed before measuring
+# The phantom stages drew one phantom in 5 at 128 px (`data`: train3), upsampled by the model; an upsampled phantom
+# lies far from the 256-px ones in the encoder's features (a 128-px CT phantom's liver: ratio 3.0, spleen 7; its MRI
+# brain 9), so the statistics hold 128-px phantoms of their own: this many of each modality, from a seed no store,
+# validation or test set used, in groups "phantom-<modality>-128px"
+FAMILIARITY_SMALL_SEED, FAMILIARITY_SMALL_PER_MODALITY, FAMILIARITY_SMALL_SIDE = 17, 20, 128
+# volumes are checked on fresh 3-D phantoms (their middle slice is what the familiarity of a volume is measured on)
+FAMILIARITY_VOLUME_SEED, FAMILIARITY_VOLUMES = 18, 3  # per volume modality and side (256 and 128 px)
+FAMILIARITY_VOLUME_TARGETS = 2  # targets asked of each (the largest on its middle slice; each decodes every slice)
 
 
 def _taught(rec, own: dict[str, set[str]]) -> list[str]:
@@ -866,6 +874,72 @@ def _familiarity_features(records: list[tuple[str, object]], cache: Path) -> dic
     return feats
 
 
+def _small_phantoms() -> Path:
+    """FAMILIARITY_SMALL_PER_MODALITY 2-D phantoms of each modality at FAMILIARITY_SMALL_SIDE px (seed
+    FAMILIARITY_SMALL_SEED), as a built store of train records: the small phantoms of the familiarity statistics."""
+    from rcmed.data.build import build_store
+    from rcmed.data.split import split_by_case
+    from rcmed.data.synth import GENERATORS, synth_store
+
+    name = f"phantoms-{FAMILIARITY_SMALL_SEED}-{FAMILIARITY_SMALL_SIDE}px"
+    if not (DATA / f"{name}-built" / "store.json").is_file():
+        shutil.rmtree(DATA / name, ignore_errors=True)
+        synth_store(str(DATA / name), "all", FAMILIARITY_SMALL_PER_MODALITY * len(GENERATORS), seed=FAMILIARITY_SMALL_SEED,
+                    size=FAMILIARITY_SMALL_SIDE, progress=False)
+        split_by_case(DATA / name, {"train": 1.0}, seed=0)
+        build_store(DATA / name, DATA / f"{name}-built", workers=2)
+    return DATA / f"{name}-built"
+
+
+def _familiarity_volumes(p) -> list[dict[str, object]]:
+    """Fresh 3-D phantoms (FAMILIARITY_VOLUMES of each volume modality at 256 and 128 px, seed
+    FAMILIARITY_VOLUME_SEED), each asked for the FAMILIARITY_VOLUME_TARGETS largest targets of its middle slice, through
+    `p.predict_volume`:
+    whether the answer calls the volume familiar, its ratio, and the volume's Dice."""
+    from rcmed.data.synth import VOLUME_MODALITIES, synth
+    from rcmed.eval.metrics import dice
+    from rcmed.io.slices import to_slices
+    from rcmed.vocabulary import join_names
+
+    rows = []
+    for mod in VOLUME_MODALITIES:
+        for side in (256, 128):
+            for i in range(FAMILIARITY_VOLUMES):
+                ph = synth(mod, FAMILIARITY_VOLUME_SEED * 1_000_003 + i + (0 if side == 256 else 1000), size=side, volume=True)
+                mid = len(to_slices(ph.image)) // 2
+                area = {n: int(to_slices(ph.image.with_array(m)).slices[mid].sum()) for n, m in ph.masks.items()}
+                names = sorted((n for n in area if area[n]), key=lambda n: -area[n])[:FAMILIARITY_VOLUME_TARGETS]
+                answer = p.predict_volume(ph.image, f"Segment {join_names([f'the {n}' for n in names])}.")
+                for t in answer.targets:
+                    if t.familiar is None or t.name not in ph.masks:
+                        continue
+                    got = t.mask if t.present and t.mask is not None else np.zeros(ph.masks[t.name].shape, bool)
+                    rows.append({"modality": mod, "side": side, "volume": i, "target": t.name, "familiar": t.familiar,
+                                 "ratio": round(t.familiarity, 3), "dice": round(dice(got, ph.masks[t.name]), 4)})
+                print(f"familiarity: {mod} volume {i} at {side} px done", flush=True)
+    return rows
+
+
+FAMILIARITY_CACHE = RUNS / "familiarity" / "features.json"
+
+
+def _familiarity_records() -> tuple[list[tuple[Path, object]], list[tuple[Path, object]]]:
+    """(train, validation) (store, record) pairs of the familiarity statistics: FAMILIARITY_TRAIN_PER_DATASET train
+    records of each real dataset (by a hash of the id), every train phantom of 256 and of 128 px; every real
+    validation record."""
+    from rcmed.data.store import iter_records
+
+    real = DATA / "real-built"
+    train, seen = [], {}
+    for rec in sorted(iter_records(real, split="train"), key=lambda r: zlib.crc32(r.id.encode())):
+        seen[rec.source] = seen.get(rec.source, 0) + 1
+        if seen[rec.source] <= FAMILIARITY_TRAIN_PER_DATASET:
+            train.append((real, rec))
+    train += [(store, rec) for store in (DATA / "phantoms-11-built", _small_phantoms())
+              for rec in iter_records(store, split="train")]
+    return train, [(real, rec) for rec in iter_records(real, split="val")]
+
+
 def familiarity() -> None:
     """Familiarity statistics of the shipped model (`rcmed.model.familiarity`): per target, a Gaussian of the encoder
     features of the train images it was taught on, one per real dataset (FAMILIARITY_TRAIN_PER_DATASET images of
@@ -881,24 +955,19 @@ def familiarity() -> None:
 
     import torch
 
-    from rcmed.data.store import iter_records, read_sample
+    from rcmed.data.store import read_sample
     from rcmed.data.views import random_view
     from rcmed.eval.harness import record_image
     from rcmed.eval.metrics import dice
     from rcmed.model.familiarity import FILE, choose_cut, fit
     from rcmed.predictor import Predictor
 
-    real, phantoms = DATA / "real-built", DATA / "phantoms-11-built"
-    train, seen = [], {}
-    for rec in sorted(iter_records(real, split="train"), key=lambda r: zlib.crc32(r.id.encode())):
-        seen[rec.source] = seen.get(rec.source, 0) + 1
-        if seen[rec.source] <= FAMILIARITY_TRAIN_PER_DATASET:
-            train.append((real, rec))
-    train += [(phantoms, rec) for rec in iter_records(phantoms, split="train")]
-    val = [(real, rec) for rec in iter_records(real, split="val")]
-    feats = _familiarity_features(train + val, RUNS / "familiarity" / "features.json")
-    own = _own_names(real, phantoms)
-    groups = [[f"{n}|{rec.source if store == real else 'phantom-' + rec.modality}" for n in _taught(rec, own)]
+    real, phantoms, small = DATA / "real-built", DATA / "phantoms-11-built", _small_phantoms()
+    train, val = _familiarity_records()
+    feats = _familiarity_features(train + val, FAMILIARITY_CACHE)
+    own = _own_names(real, phantoms, small)
+    group = {real: None, phantoms: "phantom-{}", small: f"phantom-{{}}-{FAMILIARITY_SMALL_SIDE}px"}
+    groups = [[f"{n}|{rec.source if store == real else group[store].format(rec.modality)}" for n in _taught(rec, own)]
               for store, rec in train]
     fam = fit(np.array([feats[rec.id] for _, rec in train]), groups)
     half = {rec.id: zlib.crc32(rec.id.encode()) % 2 for _, rec in val}
@@ -939,11 +1008,15 @@ def familiarity() -> None:
                              "present": bool(true.any()), "familiar": t.familiar, "ratio": round(t.familiarity, 3),
                              "dice": round(dice(got, true), 4) if true.any() else None})
         print(f"familiarity: {rec.id} done ({len(rows)} questions)", flush=True)
+    volumes = _familiarity_volumes(p)
     from rcmed.predictor import _model_sha
 
     out = {"file": FILE, "model_sha256": _model_sha(WEIGHTS), "components": int(fam.basis.shape[0]), "gaussians": len(fam.keys),
            "train_images": len(train), "train_per_dataset": FAMILIARITY_TRAIN_PER_DATASET, "keep": FAMILIARITY_KEEP,
-           "cut": round(fam.cut, 4), "half_a_questions": sum(half[i] == 0 for i, _ in ratio), "half_b": rows}
+           "small_phantoms": {"seed": FAMILIARITY_SMALL_SEED, "per_modality": FAMILIARITY_SMALL_PER_MODALITY,
+                              "side": FAMILIARITY_SMALL_SIDE},
+           "cut": round(fam.cut, 4), "half_a_questions": sum(half[i] == 0 for i, _ in ratio), "half_b": rows,
+           "volumes": volumes}
     (WEIGHTS / "eval" / "familiarity_val.json").write_text(json.dumps(out, indent=1) + "\n")
 
 

@@ -171,3 +171,20 @@ def test_familiarity_says_what_the_warning_catches_on_validation(card, tmp_path)
     v = json.loads((tmp_path / "familiarity_val.json").read_text())
     (tmp_path / "familiarity_val.json").write_text(json.dumps({**v, "model_sha256": "0" * 64}))
     assert "**Measured with weights `000000000000`, not the shipped" in card.familiarity_lines(shipped)[0]
+
+
+def test_familiarity_of_volumes_and_small_phantoms_is_rendered(card, tmp_path):
+    shipped = "a" * 64
+    vols = [{"modality": "ct", "side": 256, "volume": 0, "target": "liver", "familiar": True, "ratio": 1.4, "dice": 0.9},
+            {"modality": "ct", "side": 256, "volume": 0, "target": "body", "familiar": True, "ratio": 1.2, "dice": 0.96},
+            {"modality": "ct", "side": 128, "volume": 0, "target": "liver", "familiar": False, "ratio": 2.9, "dice": 0.7},
+            {"modality": "ct", "side": 128, "volume": 1, "target": "liver", "familiar": True, "ratio": 1.6, "dice": 0.8}]
+    (tmp_path / "familiarity_val.json").write_text(json.dumps({
+        "file": "familiarity.safetensors", "model_sha256": shipped, "components": 16, "gaussians": 30, "train_images": 800,
+        "train_per_dataset": 50, "keep": 0.95, "cut": 2.5, "half_a_questions": 150, "half_b": [],
+        "small_phantoms": {"seed": 17, "per_modality": 20, "side": 128}, "volumes": vols}))
+    lines = card.familiarity_lines(shipped)
+    assert "20 of each modality at 128 px as groups of their own" in lines[0]
+    assert "| ct | 256 | 1 | 2 | 1.00 | 1.40 | 0.930 |" in lines
+    assert "| ct | 128 | 2 | 2 | 0.50 | 2.90 | 0.750 |" in lines
+    assert lines.index("| ct | 256 | 1 | 2 | 1.00 | 1.40 | 0.930 |") < lines.index("| ct | 128 | 2 | 2 | 0.50 | 2.90 | 0.750 |")

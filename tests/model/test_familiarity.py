@@ -110,3 +110,23 @@ def test_damaged_statistics_are_a_clear_model_error(familiar_ct, tmp_path):
     (folder / FILE).write_bytes(b"junk")
     with pytest.raises(ModelNotAvailableError, match="not familiarity statistics"):
         Predictor.from_pretrained(folder)
+
+
+def _volume_of(slice_image: MedicalImage, depth: int = 5) -> MedicalImage:
+    """A volume of `depth` copies of one 2-D slice (its middle slice is that image)."""
+    return MedicalImage(array=np.stack([slice_image.array] * depth), modality=slice_image.modality)
+
+
+def test_a_volume_is_judged_on_the_middle_slice_its_text_is_answered_on(familiar_ct):
+    p = Predictor.from_pretrained(familiar_ct)
+    a = p.answer(_volume_of(synth("ct", 3, size=64).image), "Segment the liver.")
+    liver = a.targets[0]
+    assert liver.familiar is True and "unlike" not in a.text
+    # the same image as a 2-D answer: the same ratio (one feature path for both)
+    p.set_image(synth("ct", 3, size=64).image)
+    assert np.isclose(p.predict("Segment the liver.").targets[0].familiarity, liver.familiarity, rtol=1e-5)
+    fundus = synth("fundus", 3, size=64).image
+    a = p.answer(_volume_of(MedicalImage(array=fundus.array.mean(-1), modality=Modality.CT)), "Segment the liver.")
+    t = a.targets[0]
+    assert t.familiar is False and "This volume is unlike the images I learnt the liver from" in a.text
+    assert p.answer_json(a)["targets"][0]["familiar"] is False
